@@ -1,0 +1,56 @@
+"""The ``wsss`` command: one subcommand per pipeline stage, each reading params.yaml and ``-S`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from wsss.errors import WsssError
+
+# subcommand -> (module, one-line help). Modules are imported only when their stage runs.
+STAGES = {
+    "prepare": ("wsss.stages.prepare", "generate the embedded dataset or download/verify/extract VOC 2012 + SBD"),
+    "pretrain": ("wsss.stages.pretrain", "classification-only epochs (the first part of the schedule)"),
+    "train": ("wsss.stages.train", "single-stage self-supervised segmentation training, from the pretrain checkpoint"),
+    "infer": ("wsss.stages.infer", "multi-scale + flip inference on the evaluation split"),
+    "crf": ("wsss.stages.crf", "dense-CRF refinement of the inferred masks, parallel over images"),
+    "evaluate": ("wsss.stages.evaluate", "confusion matrix, per-class IoU, mIoU and pixel accuracy, raw and CRF"),
+    "model-info": ("wsss.stages.model_info", "parameter counts and output shapes of the configured model (JSON)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wsss", description="Weakly-supervised semantic segmentation pipeline (WS-FCN / SSSS).")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name, (_, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", action="append", default=None, metavar="PATH",
+                       help="params file (default params.yaml); repeat to overlay files, later ones win")
+        p.add_argument("-S", "--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
+                       help="override a parameter, typed as in `dvc exp run -S` (e.g. -S model.fca=false)")
+        if name == "model-info":
+            p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                           help="input size for the output shapes (default: train.crop_size)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from wsss import config
+
+    try:
+        cfg = config.load(args.params or ["params.yaml"], args.overrides)
+        module = importlib.import_module(STAGES[args.stage][0])
+        module.run(cfg, args)
+    except WsssError as exc:
+        print(f"wsss {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wsss {args.stage}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""params.yaml: loading, ``-S key.path=value`` overrides, presets, and schema validation.
+
+The resolved configuration a stage runs with is params.yaml's sections with
+``presets.<data.name>`` merged in, then the ``-S`` overrides. A key lives either in a section or in
+the presets, never both. The schema (``workflow/schemas/params.schema.yaml``) checks the resolved
+configuration of every preset and injects no defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+from wsss.errors import WsssError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
+SECTIONS = ("data", "model", "train", "infer", "crf", "eval")
+NUM_CLASSES = {"voc": 21, "coco": 81}
+
+
+class ParamsError(WsssError):
+    """A params file or override that does not fit the schema."""
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value the way ``dvc exp run -S`` does: as a YAML scalar or sequence."""
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"cannot parse override value {text!r}: {exc}") from None
+    # YAML 1.1 reads yes/no/on/off as booleans; DVC (YAML 1.2) does not. Only true/false are booleans.
+    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
+        return text
+    return value
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ParamsError(f"override {item!r} is not of the form key.path=value")
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ParamsError(f"override {item!r} has an empty key")
+    return key.split("."), parse_value(value)
+
+
+def _load_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _has_path(tree: dict, keys: list[str]) -> bool:
+    node = tree
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _set_path(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def _merge_existing(base: dict, overlay: dict, where: str, prefix: str = "") -> None:
+    """Deep-merge ``overlay`` into ``base``; every key of the overlay must already exist."""
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ParamsError(f"{where}: unknown key '{dotted}' (not in the base params file)")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            _merge_existing(base[key], value, where, dotted + ".")
+        else:
+            base[key] = value
+
+
+def _merge_preset(sections: dict, preset: dict, name: str) -> dict:
+    resolved = copy.deepcopy(sections)
+    for section, values in (preset or {}).items():
+        if section not in resolved or not isinstance(values, dict):
+            raise ParamsError(f"presets.{name}: '{section}' is not a section ({', '.join(SECTIONS)})")
+        for key, value in values.items():
+            if key in resolved[section]:
+                raise ParamsError(
+                    f"key '{section}.{key}' is set both in section '{section}' and in "
+                    f"presets.{name}.{section}: keep it in one place"
+                )
+            resolved[section][key] = value
+    return resolved
+
+
+def _format_error(err: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        key = f"{path}.{extra[0]}" if path != "<top level>" else extra[0]
+        return f"unknown key '{key}' (allowed in '{path}': {', '.join(allowed)})"
+    if err.validator == "enum":
+        return f"key '{path}': {err.instance!r} is not allowed (allowed: {', '.join(map(str, err.validator_value))})"
+    if err.validator == "required":
+        return f"key '{path}': {err.message}"
+    return f"key '{path}': {err.message}"
+
+
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def validate(resolved: dict, origin: str = "params") -> None:
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(resolved), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ParamsError(f"{origin}: " + "; ".join(_format_error(e) for e in errors))
+    data = resolved["data"]
+    if data["toy"]["min_size"] > data["toy"]["max_size"]:
+        raise ParamsError(f"{origin}: key 'data.toy.min_size' must not exceed 'data.toy.max_size'")
+    train = resolved["train"]
+    if train["cls_epochs"] > train["epochs"]:
+        raise ParamsError(f"{origin}: key 'train.cls_epochs' ({train['cls_epochs']}) exceeds 'train.epochs' ({train['epochs']})")
+
+
+def resolve(raw: dict, overrides: Iterable[str] = (), origin: str = "params") -> dict:
+    """Resolve raw params (sections + presets) and overrides into the configuration a stage runs with."""
+    raw = copy.deepcopy(raw)
+    late: list[tuple[list[str], Any, str]] = []
+    for item in overrides:
+        keys, value = parse_override(item)
+        if _has_path(raw, keys):
+            _set_path(raw, keys, value)
+        else:
+            late.append((keys, value, item))
+    unknown = sorted(set(raw) - set(SECTIONS) - {"presets"})
+    if unknown:
+        raise ParamsError(f"{origin}: unknown top-level key '{unknown[0]}' (allowed: {', '.join(SECTIONS)}, presets)")
+    missing = [s for s in SECTIONS if not isinstance(raw.get(s), dict)]
+    if missing:
+        raise ParamsError(f"{origin}: missing section '{missing[0]}'")
+    presets = raw.get("presets") or {}
+    sections = {s: raw[s] for s in SECTIONS}
+    name = sections["data"].get("name")
+    if name not in presets:
+        raise ParamsError(f"{origin}: key 'data.name': {name!r} has no preset (presets: {', '.join(presets)})")
+    # Every preset must resolve to a valid configuration, not only the selected one.
+    for other in presets:
+        if other != name:
+            candidate = _merge_preset(sections, presets[other], other)
+            candidate["data"]["name"] = other
+            validate(candidate, f"{origin} (presets.{other})")
+    resolved = _merge_preset(sections, presets[name], name)
+    for keys, value, item in late:
+        if not _has_path(resolved, keys):
+            raise ParamsError(f"override {item!r}: unknown key '{'.'.join(keys)}'")
+        _set_path(resolved, keys, value)
+    validate(resolved, origin)
+    return resolved
+
+
+def load_raw(paths: Iterable[str | Path]) -> dict:
+    """Load one or more params files; later files overlay earlier ones (existing keys only)."""
+    paths = [Path(p) for p in paths] or [Path("params.yaml")]
+    raw = _load_yaml(paths[0])
+    for overlay in paths[1:]:
+        _merge_existing(raw, _load_yaml(overlay), str(overlay))
+    return raw
+
+
+def load(paths: Iterable[str | Path] = ("params.yaml",), overrides: Iterable[str] = ()) -> dict:
+    paths = [Path(p) for p in paths] or [Path("params.yaml")]
+    return resolve(load_raw(paths), overrides, origin=", ".join(map(str, paths)))
+
+
+def num_classes(cfg: dict) -> int:
+    """Classes including background, for the configured dataset."""
+    name = cfg["data"]["name"]
+    if name == "toy":
+        return cfg["data"]["toy"]["num_classes"] + 1
+    return NUM_CLASSES[name]
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (used to tie checkpoints to configurations)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def dataset_dir(cfg: dict) -> Path:
+    return Path(cfg["data"]["root"]) / cfg["data"]["name"]

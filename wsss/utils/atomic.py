@@ -1,0 +1,65 @@
+"""Atomic writes: build at a temporary path beside the target, then rename over it.
+
+A stage killed midway leaves only a ``.tmp-*`` sibling, never a half-written target that the next
+stage would consume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success rename it onto ``target``.
+
+    For a directory the previous target (if any) is replaced only once the new one is complete.
+    On an exception the temporary path is removed and the target is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory:
+            if target.exists():
+                old = target.with_name(f".old-{target.name}-{os.getpid()}")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(target: str | os.PathLike, obj) -> None:
+    write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_yaml(target: str | os.PathLike, obj) -> None:
+    write_text(target, yaml.safe_dump(obj, sort_keys=False))
