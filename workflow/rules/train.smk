@@ -1,0 +1,22 @@
+rule train:
+    input:
+        data=f"{DATA_ROOT}/{{dataset}}",
+        checkpoint="results/{dataset}/pretrain.pt",
+        code=stage_code("train"),
+    output:
+        checkpoint="results/{dataset}/train.pt",
+        config="results/{dataset}/train.yaml",
+        curve="results/{dataset}/train_log.tsv",
+    params:
+        config=stage_params("train"),
+    log:
+        "results/logs/{dataset}/train.log",
+    benchmark:
+        "results/benchmarks/{dataset}/train.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=lambda wc: 0 if wc.dataset == "toy" else 1,
+        mem_mb=lambda wc: 4000 if wc.dataset == "toy" else 32000,
+        runtime=lambda wc: 60 if wc.dataset == "toy" else 2880,
+    shell:
+        stage_cmd("train")

@@ -1,0 +1,153 @@
+"""The training loop shared by `pretrain` and `train`: epochs, logging, resumable state, final checkpoint.
+
+`pretrain` runs epochs [0, cls_epochs) with the classification loss only; `train` starts from the
+pretrain checkpoint and runs [cls_epochs, epochs) with the segmentation term switched on. After every
+epoch the full state (model, optimiser, epoch, RNG states, curve rows) is saved atomically under
+``results/<dataset>/state/``; the same command re-run after a kill continues from there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from wsss import config as params
+from wsss.data.dataset import VOCSegmentation
+from wsss.data.transforms import TrainTransform
+from wsss.engine import checkpoint, device as devices
+from wsss.errors import WsssError
+from wsss.model.losses import build_loss
+from wsss.model.network import build_model
+from wsss.model.optim import build_optimizer
+from wsss.paths import for_config
+from wsss.utils.atomic import write_text, write_yaml
+
+LOG_COLUMNS = ["stage", "epoch", "step", "loss", "cls", "seg", "lr", "img_per_s", "pseudo_valid"]
+
+
+@dataclass
+class Phase:
+    """One training stage: its name, epoch range, and whether the segmentation loss is on."""
+
+    name: str
+    first_epoch: int
+    end_epoch: int
+    init_checkpoint: Path | None = None
+    supervised: bool = False
+
+
+def phase_for(stage: str, cfg: dict, supervised: bool = False) -> Phase:
+    train = cfg["train"]
+    paths = for_config(cfg)
+    if stage == "pretrain":
+        return Phase("pretrain", 0, train["cls_epochs"], None, supervised)
+    if stage == "train":
+        return Phase("train", train["cls_epochs"], train["epochs"], paths.checkpoint("pretrain"), supervised)
+    raise ValueError(stage)
+
+
+def _loader(cfg: dict, epoch: int) -> DataLoader:
+    t = cfg["train"]
+    root = for_config(cfg).data
+    transform = TrainTransform(t["crop_size"], tuple(t["crop_scale"]), tuple(t["crop_ratio"]), t["hflip"], tuple(t["color_jitter"]))
+    dataset = VOCSegmentation(root, cfg["data"]["train_split"], params.num_classes(cfg), transform=transform)
+    if len(dataset) < t["batch_size"]:
+        raise WsssError(f"split '{cfg['data']['train_split']}' of {root} has {len(dataset)} images, fewer than train.batch_size={t['batch_size']}")
+    generator = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)  # same order on resume
+    return DataLoader(dataset, batch_size=t["batch_size"], shuffle=True, drop_last=True, num_workers=t["workers"],
+                      generator=generator, persistent_workers=False, pin_memory=False)
+
+
+def _state_path(cfg: dict, phase: Phase) -> Path:
+    key = params.fingerprint({"cfg": cfg, "phase": phase.name, "supervised": phase.supervised})
+    return for_config(cfg).state / f"{phase.name}-{key}.pt"
+
+
+def _tsv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config: Path) -> None:
+    t = cfg["train"]
+    dev = devices.resolve(t["device"])
+    checkpoint.seed_everything(t["seed"])
+    model = build_model(cfg).to(dev)
+    optimizer = build_optimizer(model, cfg)
+    loss_fn = build_loss(cfg, supervised=phase.supervised)
+    rows: list[dict] = []
+    start = phase.first_epoch
+
+    if phase.init_checkpoint is not None:
+        init = checkpoint.load(phase.init_checkpoint)
+        checkpoint.check_signature(init, cfg, phase.init_checkpoint)
+        model.load_state_dict(init["model"])
+        optimizer.load_state_dict(init["optimizer"])
+        if init["epoch"] != phase.first_epoch:
+            raise WsssError(f"checkpoint {phase.init_checkpoint} ends at epoch {init['epoch']}, but train.cls_epochs is "
+                            f"{phase.first_epoch}; re-run pretrain")
+        rows = list(init.get("log", []))
+
+    state_path = _state_path(cfg, phase)
+    if state_path.is_file():
+        state = checkpoint.load(state_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"])
+        start, rows = state["epoch"], state["log"]
+        print(f"resuming {phase.name} from {state_path} at epoch {start}")
+
+    use_amp = t["amp"] and dev.type == "cuda"
+    step = sum(1 for r in rows if r["stage"] == phase.name)
+    for epoch in range(start, phase.end_epoch):
+        model.train()
+        seg_on = epoch >= t["cls_epochs"]
+        loader = _loader(cfg, epoch)
+        bar = tqdm(loader, desc=f"{phase.name} epoch {epoch + 1}/{t['epochs']}", unit="batch", dynamic_ncols=True)
+        tick, seen = time.perf_counter(), 0
+        for batch in bar:
+            images = batch["image"].to(dev, non_blocking=True)
+            labels = batch["labels"].to(dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = model(images)
+            extra = {"mask": batch["mask"].to(dev)} if phase.supervised else {}
+            losses = loss_fn(out, batch["raw"].to(dev), labels, seg_on=seg_on, **extra)
+            if not torch.isfinite(losses["total"]):
+                raise WsssError(f"{phase.name}: the loss became {losses['total'].item()} at epoch {epoch}; lower train.lr")
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+            step += 1
+            seen += images.shape[0]
+            if step % t["log_every"] == 0:
+                now = time.perf_counter()
+                rows.append({
+                    "stage": phase.name, "epoch": epoch, "step": step,
+                    "loss": round(float(losses["total"]), 5), "cls": round(float(losses["cls"]), 5),
+                    "seg": round(float(losses["seg"]), 5), "lr": optimizer.param_groups[0]["lr"],
+                    "img_per_s": round(seen / max(now - tick, 1e-9), 2),
+                    "pseudo_valid": round(float(losses.get("pseudo_valid", 0.0)), 4),
+                })
+                tick, seen = now, 0
+                bar.set_postfix(loss=f"{float(losses['total']):.3f}", seg=f"{float(losses['seg']):.3f}")
+        checkpoint.save(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "epoch": epoch + 1, "rng": checkpoint.rng_state(), "log": rows,
+                                     "signature": checkpoint.model_signature(cfg)})
+
+    checkpoint.save(out_checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "epoch": phase.end_epoch, "rng": checkpoint.rng_state(), "log": rows,
+                                     "signature": checkpoint.model_signature(cfg), "config": cfg,
+                                     "supervised": phase.supervised})
+    write_text(out_log, _tsv([r for r in rows if r["stage"] == phase.name]))
+    write_yaml(out_config, cfg)
+    state_path.unlink(missing_ok=True)

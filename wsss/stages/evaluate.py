@@ -1,0 +1,131 @@
+"""`wsss evaluate`: confusion matrices of the raw and the CRF masks against the ground truth.
+
+Writes ``results/<dataset>_<split>_miou.csv`` (one row per class and a ``mean`` row; IoU, precision
+and recall, raw and with CRF), ``results/metrics/<dataset>_<split>.json`` (the DVC metrics),
+``results/<dataset>_<split>_iou.png`` (per-class IoU and the confusion matrix) and the resolved
+configuration next to them.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wsss import config as params
+from wsss.data.palette import load_mask
+from wsss.errors import WsssError
+from wsss.metrics import confusion, scores
+from wsss.paths import for_config
+from wsss.utils.atomic import atomic_path, write_json, write_yaml
+
+
+def split_names(data_dir: Path, split: str) -> list[str]:
+    path = data_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not path.is_file():
+        raise WsssError(f"split file not found: {path}")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise WsssError(f"split file {path} is empty")
+    return names
+
+
+def _read(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise WsssError(f"mask not found: {path}")
+    return load_mask(path)
+
+
+def accumulate(names: list[str], gt_dir: Path, pred_dir: Path, num_classes: int, ignore_index: int) -> np.ndarray:
+    """Sum of per-image confusion matrices; PNG decoding runs in threads."""
+
+    def one(name: str) -> np.ndarray:
+        gt, pred = _read(gt_dir / f"{name}.png"), _read(pred_dir / f"{name}.png")
+        if gt.shape != pred.shape:
+            raise WsssError(f"prediction {pred_dir / name}.png is {pred.shape}, ground truth is {gt.shape}")
+        try:
+            return confusion(gt, pred, num_classes, ignore_index)
+        except ValueError as exc:
+            raise WsssError(f"{name}: {exc}") from None
+
+    total = np.zeros((num_classes, num_classes), dtype=np.int64)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for conf in pool.map(one, names):
+            total += conf
+    return total
+
+
+def class_names(data_dir: Path, num_classes: int) -> list[str]:
+    manifest = data_dir / "prepared.json"
+    if manifest.is_file():
+        names = json.loads(manifest.read_text()).get("class_names")
+        if names and len(names) == num_classes:
+            return list(names)
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+def table(names: list[str], raw: dict, crf: dict) -> pd.DataFrame:
+    df = pd.DataFrame({
+        "class": names,
+        "iou": raw["iou"], "precision": raw["precision"], "recall": raw["recall"],
+        "iou_crf": crf["iou"], "precision_crf": crf["precision"], "recall_crf": crf["recall"],
+    })
+    mean = {"class": "mean", "iou": raw["miou"], "iou_crf": crf["miou"]}
+    for col in ("precision", "recall", "precision_crf", "recall_crf"):
+        mean[col] = float(np.nanmean(df[col])) if df[col].notna().any() else float("nan")
+    return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
+
+
+def figure(df: pd.DataFrame, conf: np.ndarray, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_class = df[df["class"] != "mean"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1.6, 1]})
+    x = np.arange(len(per_class))
+    ax1.bar(x - 0.2, per_class["iou"], 0.4, label=f"raw (mIoU {df['iou'].iloc[-1]:.3f})")
+    ax1.bar(x + 0.2, per_class["iou_crf"], 0.4, label=f"CRF (mIoU {df['iou_crf'].iloc[-1]:.3f})")
+    ax1.set_xticks(x, per_class["class"], rotation=60, ha="right", fontsize=8)
+    ax1.set_ylim(0, 1)
+    ax1.set_ylabel("IoU")
+    ax1.set_title(title)
+    ax1.legend()
+    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
+    ax2.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    ax2.set_title("confusion (CRF), rows normalised")
+    ax2.set_xlabel("predicted")
+    ax2.set_ylabel("ground truth")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: dict, args) -> None:
+    paths = for_config(cfg)
+    split = cfg["data"]["eval_split"]
+    n = params.num_classes(cfg)
+    ignore, absent = cfg["eval"]["ignore_index"], cfg["eval"]["absent_class"]
+    names = split_names(paths.data, split)
+    gt_dir = paths.data / "SegmentationClass"
+    conf_raw = accumulate(names, gt_dir, paths.infer / "masks", n, ignore)
+    conf_crf = accumulate(names, gt_dir, paths.crf / "masks", n, ignore)
+    raw, crf = scores(conf_raw, absent), scores(conf_crf, absent)
+    df = table(class_names(paths.data, n), raw, crf)
+    with atomic_path(paths.miou_csv) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6f")
+    metrics = {
+        "miou": raw["miou"], "miou_crf": crf["miou"],
+        "pixel_acc": raw["pixel_acc"], "pixel_acc_crf": crf["pixel_acc"],
+        "images": len(names),
+    }
+    write_json(paths.metrics_json, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
+    figure(df, conf_crf, f"{cfg['data']['name']} {split}: per-class IoU", paths.iou_figure)
+    write_yaml(paths.eval_config, cfg)
+    print(f"evaluate: {len(names)} images, mIoU {raw['miou']:.4f}, with CRF {crf['miou']:.4f}, "
+          f"pixel acc {raw['pixel_acc']:.4f} / {crf['pixel_acc']:.4f} -> {paths.miou_csv}")
