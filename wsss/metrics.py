@@ -6,15 +6,27 @@ import numpy as np
 
 
 def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
-    """num_classes x num_classes counts over the pixels whose ground truth is not ``ignore_index``."""
-    gt = gt.reshape(-1).astype(np.int64)
-    pred = pred.reshape(-1).astype(np.int64)
-    keep = gt != ignore_index
-    gt, pred = gt[keep], pred[keep]
-    if gt.size and (gt.max() >= num_classes or pred.max() >= num_classes):
-        bad = int(max(gt.max(), pred.max()))
-        raise ValueError(f"class index {bad} outside [0, {num_classes})")
-    return np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    """num_classes x num_classes counts over the pixels whose ground truth is not ``ignore_index``.
+
+    One bincount over gt * num_classes + pred: the ignored pixels land in a row that is dropped, so
+    no boolean indexing is needed. Class indices outside [0, num_classes) raise ValueError.
+    """
+    gt = np.asarray(gt).reshape(-1)
+    pred = np.asarray(pred).reshape(-1)
+    if gt.size == 0:
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    if pred.min() < 0 or pred.max() >= num_classes:
+        bad = int(pred.max() if pred.max() >= num_classes else pred.min())
+        raise ValueError(f"predicted class index {bad} outside [0, {num_classes})")
+    if gt.min() < 0 or gt.max() > max(ignore_index, num_classes - 1):
+        raise ValueError(f"ground-truth value {int(gt.max())} outside [0, {num_classes}) and {ignore_index}")
+    rows = max(ignore_index, num_classes - 1) + 1
+    counts = np.bincount(gt.astype(np.int32) * num_classes + pred, minlength=rows * num_classes)
+    counts = counts.reshape(rows, num_classes)
+    stray = [r for r in np.nonzero(counts[num_classes:].sum(1))[0] + num_classes if r != ignore_index]
+    if stray:
+        raise ValueError(f"ground-truth class index {stray[0]} outside [0, {num_classes}) and {ignore_index}")
+    return counts[:num_classes].astype(np.int64)
 
 
 def scores(conf: np.ndarray, absent: str = "nan") -> dict:

@@ -61,7 +61,7 @@ def _one(name: str, image_dir: Path, probs_dir: Path, out_dir: Path, crf: dict) 
     image = read_image(image_dir / f"{name}.jpg")
     if image.shape[:2] != probs.shape[1:]:
         raise WsssError(f"probability file {probs_dir / name}.npz is {probs.shape[1:]} but image {name}.jpg is {image.shape[:2]}")
-    save_mask(out_dir / f"{name}.png", ids[refine(image, probs, crf)].astype(np.uint8))
+    save_mask(ids[refine(image, probs, crf)].astype(np.uint8), out_dir / f"{name}.png")
     return name
 
 

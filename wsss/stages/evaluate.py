@@ -39,23 +39,28 @@ def _read(path: Path) -> np.ndarray:
     return load_mask(path)
 
 
-def accumulate(names: list[str], gt_dir: Path, pred_dir: Path, num_classes: int, ignore_index: int) -> np.ndarray:
-    """Sum of per-image confusion matrices; PNG decoding runs in threads."""
+def accumulate(names: list[str], gt_dir: Path, pred_dirs: list[Path], num_classes: int, ignore_index: int) -> list[np.ndarray]:
+    """One confusion matrix per prediction folder; each ground truth is decoded once, in threads."""
 
-    def one(name: str) -> np.ndarray:
-        gt, pred = _read(gt_dir / f"{name}.png"), _read(pred_dir / f"{name}.png")
-        if gt.shape != pred.shape:
-            raise WsssError(f"prediction {pred_dir / name}.png is {pred.shape}, ground truth is {gt.shape}")
-        try:
-            return confusion(gt, pred, num_classes, ignore_index)
-        except ValueError as exc:
-            raise WsssError(f"{name}: {exc}") from None
+    def one(name: str) -> list[np.ndarray]:
+        gt = _read(gt_dir / f"{name}.png")
+        confs = []
+        for pred_dir in pred_dirs:
+            pred = _read(pred_dir / f"{name}.png")
+            if gt.shape != pred.shape:
+                raise WsssError(f"prediction {pred_dir / name}.png is {pred.shape}, ground truth is {gt.shape}")
+            try:
+                confs.append(confusion(gt, pred, num_classes, ignore_index))
+            except ValueError as exc:
+                raise WsssError(f"{name}: {exc}") from None
+        return confs
 
-    total = np.zeros((num_classes, num_classes), dtype=np.int64)
+    totals = [np.zeros((num_classes, num_classes), dtype=np.int64) for _ in pred_dirs]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for conf in pool.map(one, names):
-            total += conf
-    return total
+        for confs in pool.map(one, names):
+            for total, conf in zip(totals, confs):
+                total += conf
+    return totals
 
 
 def class_names(data_dir: Path, num_classes: int) -> list[str]:
@@ -113,8 +118,7 @@ def run(cfg: dict, args) -> None:
     ignore, absent = cfg["eval"]["ignore_index"], cfg["eval"]["absent_class"]
     names = split_names(paths.data, split)
     gt_dir = paths.data / "SegmentationClass"
-    conf_raw = accumulate(names, gt_dir, paths.infer / "masks", n, ignore)
-    conf_crf = accumulate(names, gt_dir, paths.crf / "masks", n, ignore)
+    conf_raw, conf_crf = accumulate(names, gt_dir, [paths.infer / "masks", paths.crf / "masks"], n, ignore)
     raw, crf = scores(conf_raw, absent), scores(conf_crf, absent)
     df = table(class_names(paths.data, n), raw, crf)
     with atomic_path(paths.miou_csv) as tmp:

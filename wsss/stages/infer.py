@@ -101,7 +101,7 @@ def run(cfg: dict, args) -> None:
             masks, scores = predict(model, item["image"].to(dev), icfg["scales"], icfg["flip"], icfg["chunk"])
             present = item["labels"].to(dev) > 0 if icfg["presence"] == "gt" else scores > icfg["fp_cut"]
             ids, probs = combine(masks, present, icfg)
-            save_mask(tmp / "masks" / f"{item['name']}.png", ids[probs.argmax(0)])
+            save_mask(ids[probs.argmax(0)], tmp / "masks" / f"{item['name']}.png")
             np.savez_compressed(tmp / "probs" / f"{item['name']}.npz", classes=ids, probs=quantise(probs))
             score_rows.append(item["name"] + "\t" + "\t".join(f"{v:.4f}" for v in scores.tolist()))
         if not score_rows:
