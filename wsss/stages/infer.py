@@ -50,9 +50,13 @@ def predict(model: torch.nn.Module, image: torch.Tensor, scales: list[float], fl
             view = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             batch[i, :, :h, :w] = view.flip(-1) if flipped else view
         out = model(batch)
-        masks = F.interpolate(out["masks"].float(), size=(pad_h, pad_w), mode="bilinear", align_corners=False)
+        masks = out["masks"].float()
+        stride = pad_h // masks.shape[-2]
         for i, ((_, flipped), (h, w)) in enumerate(zip(group, sizes)):
-            m = F.interpolate(masks[i:i + 1, :, :h, :w], size=(height, width), mode="bilinear", align_corners=False)[0]
+            # Only the cells covering the view, so the padding (which depends on the chunk) is never blended in.
+            rows, cols = math.ceil(h / stride), math.ceil(w / stride)
+            m = F.interpolate(masks[i:i + 1, :, :rows, :cols], size=(rows * stride, cols * stride), mode="bilinear", align_corners=False)
+            m = F.interpolate(m[:, :, :h, :w], size=(height, width), mode="bilinear", align_corners=False)[0]
             m = m.flip(-1) if flipped else m
             mask_sum = m if mask_sum is None else mask_sum + m
         probs = torch.sigmoid(out["cls"].float()).amax(0)
