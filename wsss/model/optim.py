@@ -1,0 +1,45 @@
+"""Optimiser parameter groups: pretrained/new x weights/biases, with LR multipliers and weight decay on weights only."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GROUP_NAMES = ("pretrained_weights", "pretrained_biases", "new_weights", "new_biases")
+
+
+def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
+    """Four SGD parameter groups, in the order of ``train.lr_mults``:
+    pretrained weights, pretrained biases, new weights, new biases.
+
+    "Pretrained" means a backbone parameter (``model.pretrained_parameter_names()``), "bias" a
+    parameter whose name ends in ``bias``. Each group has ``lr = train.lr * mult`` (and its
+    ``lr_mult``); weight decay ``train.weight_decay`` applies to the weight groups only.
+    Frozen parameters (``requires_grad`` false) are left out. Groups may be empty.
+    """
+    train = cfg["train"]
+    lr, wd, mults = float(train["lr"]), float(train["weight_decay"]), train["lr_mults"]
+    pretrained = model.pretrained_parameter_names()
+    buckets: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        origin = "pretrained" if name in pretrained else "new"
+        kind = "biases" if name.endswith("bias") else "weights"
+        buckets[f"{origin}_{kind}"].append(param)
+    groups = []
+    for name, mult in zip(GROUP_NAMES, mults):
+        groups.append({
+            "name": name,
+            "params": buckets[name],
+            "lr": lr * float(mult),
+            "lr_mult": float(mult),
+            "weight_decay": wd if name.endswith("weights") else 0.0,
+        })
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.SGD:
+    """SGD with momentum ``train.momentum`` and base LR ``train.lr`` over ``param_groups``."""
+    train = cfg["train"]
+    return torch.optim.SGD(param_groups(model, cfg), lr=float(train["lr"]), momentum=float(train["momentum"]))
