@@ -7,6 +7,7 @@ written last inside it, so a folder without it was never finished.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -75,6 +76,10 @@ def prepare_dataset(data_cfg: dict, target: str | Path, progress: bool = True) -
     _remove_leftovers(target)
     with atomic_path(target, directory=True) as tmp:
         built = PREPARERS[name](data_cfg, tmp, progress)
+        for key in ("train_split", "eval_split"):
+            if data_cfg[key] not in built["splits"]:
+                raise WsssError(f"key 'data.{key}': {data_cfg[key]!r} is not a split of {name} "
+                                f"(splits: {', '.join(built['splits'])})")
         info = {
             "dataset": name,
             "num_classes": built["num_classes"],
@@ -83,7 +88,16 @@ def prepare_dataset(data_cfg: dict, target: str | Path, progress: bool = True) -
             "data": data_cfg,
         }
         write_json(tmp / MARKER, info)
+        _usual_modes(tmp)
     return info
+
+
+def _usual_modes(root: Path) -> None:
+    """Give the dataset folder and prepared.json the umask's modes (temporary paths are private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    (root / MARKER).chmod(0o666 & ~umask)
 
 
 def summary(info: dict, target: Path, seconds: float) -> str:
