@@ -21,6 +21,7 @@ from tqdm import tqdm
 from wsss import config as params
 from wsss.data.dataset import VOCSegmentation
 from wsss.data.transforms import TrainTransform
+from wsss.data.weights import fetch_weights
 from wsss.engine import checkpoint, device as devices
 from wsss.errors import WsssError
 from wsss.model.losses import build_loss
@@ -81,8 +82,12 @@ def _tsv(rows: list[dict]) -> str:
 def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config: Path) -> None:
     t = cfg["train"]
     dev = devices.resolve(t["device"])
+    devices.limit_cpu_threads(dev, reserved=t["workers"])
     checkpoint.seed_everything(t["seed"])
-    model = build_model(cfg).to(dev)
+    if phase.init_checkpoint is None and cfg["model"]["pretrained"]:
+        fetch_weights(cfg["model"]["backbone"], cfg["data"]["downloads"], cfg["model"]["weights"])
+    # ImageNet weights only when starting from scratch; otherwise the checkpoint brings them.
+    model = build_model(cfg, load_weights=phase.init_checkpoint is None).to(dev)
     optimizer = build_optimizer(model, cfg)
     loss_fn = build_loss(cfg, supervised=phase.supervised)
     rows: list[dict] = []

@@ -85,7 +85,7 @@ def load_model(cfg: dict, dev: torch.device) -> torch.nn.Module:
     path = for_config(cfg).checkpoint("train")
     state = checkpoint.load(path)
     checkpoint.check_signature(state, cfg, path)
-    model = build_model(cfg)
+    model = build_model(cfg, load_weights=False)
     model.load_state_dict(state["model"])
     return model.to(dev).eval()
 
