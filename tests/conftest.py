@@ -20,7 +20,7 @@ def small_toy_cfg(**changes) -> dict:
     """A ``data.toy`` section small enough for tests (48 train / 24 val images of 64-80 px)."""
     cfg = {
         "seed": 0, "num_classes": 10, "n_train": 48, "n_val": 24, "min_size": 64, "max_size": 80,
-        "max_objects": 4, "part_contrast": 1.0, "context_prob": 0.8, "occlusion": 0.5, "clutter": 0.5,
+        "max_objects": 4, "part_contrast": 1.0, "part_fraction": 0.25, "context_prob": 0.8, "occlusion": 0.5, "clutter": 0.5,
         "ignore_width": 1,
     }
     cfg.update(changes)

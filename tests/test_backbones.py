@@ -189,30 +189,30 @@ def test_weights_file_round_trip(tmp_path):
 
 
 def test_weights_with_missing_and_unexpected_keys_raise_a_listing(tmp_path):
-    state = {k: v for k, v in SmallNet().state_dict().items() if not k.startswith("stem.0.")}
+    state = {k: v for k, v in SmallNet().state_dict().items() if not k.startswith("stem.0.0.")}
     state["extra.conv.weight"] = torch.zeros(1)
     path = tmp_path / "w.pth"
     torch.save(state, path)
     with pytest.raises(WsssError) as err:
         load_backbone_weights(SmallNet(), path, allow_partial=False)
     msg = str(err.value)
-    assert "missing keys: stem.0.weight" in msg
+    assert "missing keys: stem.0.0.weight" in msg
     assert "unexpected keys: extra.conv.weight" in msg
     assert "allow_partial_weights" in msg
 
 
 def test_weights_partial_load_is_logged(tmp_path, caplog):
     src = SmallNet()
-    state = {k: v for k, v in src.state_dict().items() if not k.startswith("stem.0.")}
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("stem.0.0.")}
     state["stage3.0.0.weight"] = torch.zeros(5, 5, 3, 3)
     path = tmp_path / "w.pth"
     torch.save(state, path)
     dst = SmallNet()
     with caplog.at_level(logging.WARNING):
         report = load_backbone_weights(dst, path, allow_partial=True)
-    assert report["missing"] == ["stem.0.weight"]
+    assert report["missing"] == ["stem.0.0.weight"]
     assert report["mismatched"] and "stage3.0.0.weight" in report["mismatched"][0]
-    assert "stem.0.weight" in caplog.text
+    assert "stem.0.0.weight" in caplog.text
     assert torch.equal(dst.stage2[0][0].weight, src.stage2[0][0].weight)
 
 

@@ -265,7 +265,7 @@ def test_toy_weights_file_is_loaded(tmp_path):
     path = tmp_path / "small.pth"
     torch.save(source.backbone.state_dict(), path)
     model = build_model(load_cfg("model.pretrained=true", f"model.weights={path}"))
-    assert torch.equal(model.backbone.stem[0].weight, source.backbone.stem[0].weight)
+    assert torch.equal(model.backbone.stem[0][0].weight, source.backbone.stem[0][0].weight)
 
 
 def test_sf2_alignment_with_zero_flow_is_bilinear_upsampling():

@@ -85,9 +85,9 @@ def test_class_design():
 def test_part_is_a_small_region_of_the_object(shape):
     grid = np.mgrid[0:200, 0:200].astype(np.float32)
     spec = toy.ToyClass("x", shape, (0.5, 0.5, 0.5), (1, 0, 0), (0, 0, 0), "solid", "sky")
-    obj, _, _ = toy._place(spec, 0, 100.0, 100.0, 150.0, np.random.default_rng(0), (grid[0], grid[1]))
+    obj, _, _ = toy._place(spec, 0, 100.0, 100.0, 150.0, 0.25, np.random.default_rng(0), (grid[0], grid[1]))
     fraction = obj.part.sum() / obj.body.sum()
-    assert 0.10 <= fraction <= 0.20
+    assert 0.20 <= fraction <= 0.30
     assert abs(obj.body.sum() - obj.area) / obj.area < 0.05
 
 

@@ -1,7 +1,7 @@
 """The embedded synthetic dataset ("toy"), written in the PASCAL VOC on-disk format.
 
 Each foreground class is a shape family with a large plain body and a small discriminative part
-(a coloured, patterned "head" covering ``PART_FRACTION`` of the object). The two classes of a pair
+(a coloured, patterned "head" covering ``part_fraction`` of the object). The two classes of a pair
 share their body (same shape, same colour), so only the part tells them apart: a classifier's
 class activation map settles on the part, the problem weakly-supervised methods exist to solve.
 Every class has a usual background texture (``context_prob``), objects occlude one another
@@ -28,10 +28,10 @@ from wsss.data.palette import IGNORE, colorize, load_mask, save_mask
 from wsss.errors import WsssError
 
 JPEG_QUALITY = 90
-PART_FRACTION = 0.15
+OBJECT_SCALE = (0.25, 0.6)  # object size as a fraction of the shorter image side
 SPLITS = ("train", "val")
 TOY_KEYS = ("seed", "num_classes", "n_train", "n_val", "min_size", "max_size", "max_objects",
-            "part_contrast", "context_prob", "occlusion", "clutter", "ignore_width")
+            "part_contrast", "part_fraction", "context_prob", "occlusion", "clutter", "ignore_width")
 
 # Canonical outlines in [-1, 1]^2; the part (head) sits at the +x end.
 _SHAPES: dict[str, list[tuple[float, float]]] = {
@@ -169,8 +169,8 @@ def _texture(kind: str, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 # --------------------------------------------------------------------------- objects
 
 @functools.lru_cache(maxsize=None)
-def _shape_geometry(shape: str) -> tuple[float, float]:
-    """(area of the canonical outline, x threshold beyond which lies PART_FRACTION of the area)."""
+def _shape_geometry(shape: str, part_fraction: float) -> tuple[float, float]:
+    """(area of the canonical outline, x threshold beyond which lies ``part_fraction`` of the area)."""
     n = 512
     points = [((x + 1) * (n - 1) / 2, (y + 1) * (n - 1) / 2) for x, y in _SHAPES[shape]]
     canvas = Image.new("L", (n, n), 0)
@@ -178,7 +178,7 @@ def _shape_geometry(shape: str) -> tuple[float, float]:
     inside = np.nonzero(np.asarray(canvas))
     xs = inside[1] * 2.0 / (n - 1) - 1
     area = len(xs) * (2.0 / (n - 1)) ** 2
-    return area, float(np.quantile(xs, 1 - PART_FRACTION))
+    return area, float(np.quantile(xs, 1 - part_fraction))
 
 
 @dataclass
@@ -192,7 +192,7 @@ class _Placed:
     area: float
 
 
-def _place(spec: ToyClass, cls: int, cx: float, cy: float, size: float, rng: np.random.Generator,
+def _place(spec: ToyClass, cls: int, cx: float, cy: float, size: float, part_fraction: float, rng: np.random.Generator,
            grid: tuple[np.ndarray, np.ndarray]) -> tuple[_Placed, np.ndarray, np.ndarray]:
     """Rasterise one object: body and part masks, plus local coordinates (u along the head, v across)."""
     yy, xx = grid
@@ -207,7 +207,7 @@ def _place(spec: ToyClass, cls: int, cx: float, cy: float, size: float, rng: np.
     body = np.asarray(canvas, dtype=bool)
     u = (xx - cx) * cos + (yy - cy) * sin
     v = -(xx - cx) * sin + (yy - cy) * cos
-    area, threshold = _shape_geometry(spec.shape)
+    area, threshold = _shape_geometry(spec.shape, part_fraction)
     part = body & (u >= threshold * ax)
     return _Placed(cls, cx, cy, size / 2, body, part, area * ax * ay), u, v
 
@@ -286,12 +286,12 @@ def _ignore_band(label: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _visible_enough(placed: list[_Placed], owner: np.ndarray) -> bool:
+def _visible_enough(placed: list[_Placed], owner: np.ndarray, part_fraction: float) -> bool:
     for j, obj in enumerate(placed):
         mine = owner == j
         if mine.sum() < 0.4 * obj.area:
             return False
-        if (obj.part & mine).sum() < 0.5 * PART_FRACTION * obj.area:
+        if (obj.part & mine).sum() < 0.5 * part_fraction * obj.area:
             return False
     return True
 
@@ -305,7 +305,7 @@ def render_image(cfg: dict, split: str, index: int) -> tuple[np.ndarray, np.ndar
     side = min(h, w)
     n_objects = int(rng.integers(1, cfg["max_objects"] + 1))
     picks = rng.integers(len(classes), size=n_objects)
-    sizes = np.sort(rng.uniform(0.15, 0.6, n_objects) * side)[::-1]
+    sizes = np.sort(rng.uniform(*OBJECT_SCALE, n_objects) * side)[::-1]
 
     main = classes[picks[0]]
     texture = main.habitat if rng.random() < cfg["context_prob"] else TEXTURES[rng.integers(len(TEXTURES))]
@@ -327,10 +327,10 @@ def render_image(cfg: dict, split: str, index: int) -> tuple[np.ndarray, np.ndar
                 cx, cy = w / 2, h / 2
             else:
                 cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
-            obj, u, v = _place(classes[cls], int(cls), cx, cy, size, rng, grid)
+            obj, u, v = _place(classes[cls], int(cls), cx, cy, size, cfg["part_fraction"], rng, grid)
             trial = owner.copy()
             trial[obj.body] = len(placed)
-            if _visible_enough(placed + [obj], trial) or (not placed and attempt == 6):
+            if _visible_enough(placed + [obj], trial, cfg["part_fraction"]) or (not placed and attempt == 6):
                 owner = trial
                 placed.append(obj)
                 _paint(img, classes[cls], obj, u, v, cfg["part_contrast"], rng)

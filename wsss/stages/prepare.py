@@ -7,7 +7,6 @@ written last inside it, so a folder without it was never finished.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -88,16 +87,7 @@ def prepare_dataset(data_cfg: dict, target: str | Path, progress: bool = True) -
             "data": data_cfg,
         }
         write_json(tmp / MARKER, info)
-        _usual_modes(tmp)
     return info
-
-
-def _usual_modes(root: Path) -> None:
-    """Give the dataset folder and prepared.json the umask's modes (temporary paths are private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    root.chmod(0o777 & ~umask)
-    (root / MARKER).chmod(0o666 & ~umask)
 
 
 def summary(info: dict, target: Path, seconds: float) -> str:
