@@ -16,6 +16,17 @@ import pytest
 from PIL import Image, ImageDraw
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one intra-op thread avoids spin-waiting on a shared CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def small_toy_cfg(**changes) -> dict:
     """A ``data.toy`` section small enough for tests (48 train / 24 val images of 64-80 px)."""
     cfg = {

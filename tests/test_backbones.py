@@ -21,13 +21,7 @@ from wsss.model.weights import load_backbone_weights, read_state_dict
 BN_KEYS = ("weight", "bias", "running_mean", "running_var")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids spin-waiting on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def psa_wr38_keys() -> set[str]:

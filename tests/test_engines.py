@@ -27,7 +27,7 @@ REDUCED = {
     "data.toy.n_train": 48, "data.toy.n_val": 12, "data.toy.min_size": 64, "data.toy.max_size": 72,
     "presets.toy.train.batch_size": 8, "presets.toy.train.crop_size": 64,
     "presets.toy.train.epochs": 2, "presets.toy.train.cls_epochs": 1,
-    "infer.scales": [1.0, 0.5], "train.workers": 0, "crf.workers": 2,
+    "infer.scales": [1.0, 0.5], "presets.toy.train.workers": 0, "crf.workers": 2,
 }
 
 

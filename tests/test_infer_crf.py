@@ -91,8 +91,9 @@ def test_crf_snaps_a_leaking_mask_to_the_colour_edge():
     assert (refined == truth).mean() > 0.98 > (raw == truth).mean()
 
 
-def test_crf_accepts_non_contiguous_inputs_and_wsfcn_background():
+def test_crf_accepts_non_contiguous_read_only_inputs_and_wsfcn_background():
     image, probs = two_region_case()
+    image.setflags(write=False)  # as np.asarray(PIL image) gives
     refined = refine(image[:, ::-1][:, ::-1], probs[:, :, ::-1][:, :, ::-1], dict(CRF, background="fg_power", bi_sxy=30))
     assert refined.shape == image.shape[:2]
 

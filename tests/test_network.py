@@ -16,13 +16,7 @@ from wsss.model.network import CAMNet, SingleStageNet, build_model, describe
 PARAMS = config.REPO_ROOT / "params.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one intra-op thread avoids spin-waiting on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_cfg(*overrides: str) -> dict:

@@ -136,15 +136,15 @@ def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config
             seen += images.shape[0]
             if step % t["log_every"] == 0:
                 now = time.perf_counter()
+                value = {k: float(torch.as_tensor(v).detach()) for k, v in losses.items()}
                 rows.append({
                     "stage": phase.name, "epoch": epoch, "step": step,
-                    "loss": round(float(losses["total"]), 5), "cls": round(float(losses["cls"]), 5),
-                    "seg": round(float(losses["seg"]), 5), "lr": optimizer.param_groups[0]["lr"],
-                    "img_per_s": round(seen / max(now - tick, 1e-9), 2),
-                    "pseudo_valid": round(float(losses.get("pseudo_valid", 0.0)), 4),
+                    "loss": round(value["total"], 5), "cls": round(value["cls"], 5), "seg": round(value["seg"], 5),
+                    "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(seen / max(now - tick, 1e-9), 2),
+                    "pseudo_valid": round(value.get("pseudo_valid", float("nan")), 4),
                 })
                 tick, seen = now, 0
-                bar.set_postfix(loss=f"{float(losses['total']):.3f}", seg=f"{float(losses['seg']):.3f}")
+                bar.set_postfix(loss=f"{value['total']:.3f}", seg=f"{value['seg']:.3f}")
         checkpoint.save(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": epoch + 1, "rng": checkpoint.rng_state(), "log": rows,
                                      "signature": checkpoint.model_signature(cfg)})
@@ -156,3 +156,13 @@ def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config
     write_text(out_log, _tsv([r for r in rows if r["stage"] == phase.name]))
     write_yaml(out_config, cfg)
     state_path.unlink(missing_ok=True)
+
+
+def run_stage(stage: str, cfg: dict) -> None:
+    """The `pretrain` / `train` CLI: check the dataset is prepared, run the phase, say what it wrote."""
+    paths = for_config(cfg)
+    if not (paths.data / "prepared.json").is_file():
+        raise WsssError(f"dataset not prepared: {paths.data}/prepared.json is missing; run `wsss prepare` first")
+    phase = phase_for(stage, cfg)
+    run(cfg, phase, paths.checkpoint(stage), paths.train_log(stage), paths.stage_config(stage))
+    print(f"{stage}: wrote {paths.checkpoint(stage)} (epochs {phase.first_epoch}-{phase.end_epoch})")

@@ -50,7 +50,8 @@ def refine(image: np.ndarray, probs: np.ndarray, crf: dict) -> np.ndarray:
     d = dcrf.DenseCRF2D(w, h, k)
     d.setUnaryEnergy(unary)
     d.addPairwiseGaussian(sxy=crf["gauss_sxy"], compat=crf["gauss_compat"])
-    d.addPairwiseBilateral(sxy=crf["bi_sxy"], srgb=crf["bi_srgb"], rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+    rgb = np.array(image, dtype=np.uint8, order="C")  # pydensecrf needs a C-contiguous, writable buffer
+    d.addPairwiseBilateral(sxy=crf["bi_sxy"], srgb=crf["bi_srgb"], rgbim=rgb,
                            compat=crf["bi_compat"])
     q = np.asarray(d.inference(crf["iters"])).reshape(k, h, w)
     return q.argmax(0)
@@ -58,7 +59,7 @@ def refine(image: np.ndarray, probs: np.ndarray, crf: dict) -> np.ndarray:
 
 def _one(name: str, image_dir: Path, probs_dir: Path, out_dir: Path, crf: dict) -> str:
     ids, probs = read_probs(probs_dir / f"{name}.npz")
-    image = np.asarray(read_image(image_dir / f"{name}.jpg"))
+    image = np.array(read_image(image_dir / f"{name}.jpg"))  # writable: pydensecrf refuses read-only buffers
     if image.shape[:2] != probs.shape[1:]:
         raise WsssError(f"probability file {probs_dir / name}.npz is {probs.shape[1:]} but image {name}.jpg is {image.shape[:2]}")
     save_mask(ids[refine(image, probs, crf)].astype(np.uint8), out_dir / f"{name}.png")

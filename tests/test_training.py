@@ -1,0 +1,93 @@
+"""Training stages on a small generated dataset: resume after kill -9, checkpoint checks, curves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["presets.toy.train.batch_size=8", "presets.toy.train.crop_size=48", "train.workers=0", "train.log_every=2",
+         "data.toy.n_train=48", "data.toy.n_val=24", "data.toy.min_size=64", "data.toy.max_size=80", "data.toy.clutter=0.5"]
+
+
+def wsss(stage: str, cwd: Path, data_root: Path, *overrides: str, wait: bool = True):
+    args = [sys.executable, "-m", "wsss.cli", stage, "--params", str(REPO / "params.yaml"),
+            "-S", f"data.root={data_root}", *[a for o in SMALL + list(overrides) for a in ("-S", o)]]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not wait:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def pretrained(toy_root, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("run")
+    proc = wsss("pretrain", cwd, toy_root.parent, "presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, toy_root.parent
+
+
+def test_pretrain_writes_checkpoint_curve_and_config(pretrained):
+    cwd, _ = pretrained
+    state = torch.load(cwd / "results/toy/pretrain.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 2 and state["config"]["train"]["cls_epochs"] == 2
+    header, *rows = (cwd / "results/toy/pretrain_log.tsv").read_text().splitlines()
+    assert header.split("\t")[:4] == ["stage", "epoch", "step", "loss"] and len(rows) >= 2
+    assert "cls_epochs: 2" in (cwd / "results/toy/pretrain.yaml").read_text()
+    assert not list((cwd / "results/toy/state").glob("*.pt")), "the resumable state is removed once done"
+
+
+def test_train_continues_from_pretrain_with_segmentation_on(pretrained):
+    cwd, root = pretrained
+    proc = wsss("train", cwd, root, "presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(cwd / "results/toy/train.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 3
+    rows = [r.split("\t") for r in (cwd / "results/toy/train_log.tsv").read_text().splitlines()[1:]]
+    assert rows and all(r[0] == "train" and int(r[1]) == 2 for r in rows)
+
+
+def test_a_checkpoint_of_another_model_configuration_is_refused(pretrained):
+    cwd, root = pretrained
+    proc = wsss("train", cwd, root, "presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3", "model.fca=false")
+    assert proc.returncode == 2
+    assert "different model configuration" in proc.stderr and "model.fca" in proc.stderr
+    assert "pretrain.pt" in proc.stderr
+
+
+def test_a_corrupt_checkpoint_is_named(pretrained, tmp_path):
+    _, root = pretrained
+    (tmp_path / "results/toy").mkdir(parents=True)
+    (tmp_path / "results/toy/pretrain.pt").write_bytes(b"not a checkpoint")
+    proc = wsss("train", tmp_path, root, "presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3")
+    assert proc.returncode == 2 and "pretrain.pt" in proc.stderr and "corrupt" in proc.stderr
+    assert not (tmp_path / "results/toy/train.pt").exists()
+
+
+def test_killed_pretrain_resumes_from_the_last_epoch(toy_root, tmp_path):
+    schedule = ["presets.toy.train.cls_epochs=8", "presets.toy.train.epochs=8"]
+    proc = wsss("pretrain", tmp_path, toy_root.parent, *schedule, wait=False)
+    state_dir = tmp_path / "results/toy/state"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(state_dir.glob("pretrain-*.pt")):
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    time.sleep(0.3)  # now inside a later epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results/toy/pretrain.pt").exists(), "a killed run must not leave a final checkpoint"
+    saved = torch.load(next(state_dir.glob("pretrain-*.pt")), map_location="cpu", weights_only=False)["epoch"]
+    assert 1 <= saved < 8
+    again = wsss("pretrain", tmp_path, toy_root.parent, *schedule)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming pretrain from" in again.stdout and f"at epoch {saved}" in again.stdout
+    assert torch.load(tmp_path / "results/toy/pretrain.pt", map_location="cpu", weights_only=False)["epoch"] == 8
+    epochs = [int(r.split("\t")[1]) for r in (tmp_path / "results/toy/pretrain_log.tsv").read_text().splitlines()[1:]]
+    assert epochs == sorted(epochs) and set(epochs) == set(range(8)), "each epoch logged once, in order"
