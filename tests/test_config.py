@@ -108,3 +108,13 @@ def test_cli_help_lists_every_stage():
     out = subprocess.run([sys.executable, "-m", "wsss.cli", "--help"], capture_output=True, text=True, cwd=REPO).stdout
     for stage in ("prepare", "pretrain", "train", "infer", "crf", "evaluate", "model-info"):
         assert stage in out
+
+
+def test_wsss_params_names_the_files_the_cli_reads(tmp_path, monkeypatch):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("crf:\n  bi_sxy: 30\n")
+    monkeypatch.setenv("WSSS_PARAMS", f"{PARAMS}:{overlay}")
+    assert config.default_params_files() == [str(PARAMS), str(overlay)]
+    assert config.load(config.default_params_files())["crf"]["bi_sxy"] == 30
+    monkeypatch.delenv("WSSS_PARAMS")
+    assert config.default_params_files() == ["params.yaml"]

@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_text) in STAGES.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", action="append", default=None, metavar="PATH",
-                       help="params file (default params.yaml); repeat to overlay files, later ones win")
+                       help="params file (default: $WSSS_PARAMS, a list separated by ':', else params.yaml); "
+                            "repeat to overlay files, later ones win")
         p.add_argument("-S", "--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
                        help="override a parameter, typed as in `dvc exp run -S` (e.g. -S model.fca=false)")
         if name == "model-info":
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from wsss import config
 
     try:
-        cfg = config.load(args.params or ["params.yaml"], args.overrides)
+        cfg = config.load(args.params or config.default_params_files(), args.overrides)
         module = importlib.import_module(STAGES[args.stage][0])
         module.run(cfg, args)
     except WsssError as exc:

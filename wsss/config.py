@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -171,6 +172,12 @@ def resolve(raw: dict, overrides: Iterable[str] = (), origin: str = "params") ->
         _set_path(resolved, keys, value)
     validate(resolved, origin)
     return resolved
+
+
+def default_params_files() -> list[str]:
+    """params.yaml, or the files named by WSSS_PARAMS (os.pathsep-separated; Snakemake sets it for overlays)."""
+    listed = os.environ.get("WSSS_PARAMS", "")
+    return [p for p in listed.split(os.pathsep) if p] or ["params.yaml"]
 
 
 def load_raw(paths: Iterable[str | Path]) -> dict:
