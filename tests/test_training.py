@@ -52,6 +52,8 @@ def test_train_continues_from_pretrain_with_segmentation_on(pretrained):
     assert state["epoch"] == 3
     rows = [r.split("\t") for r in (cwd / "results/toy/train_log.tsv").read_text().splitlines()[1:]]
     assert rows and all(r[0] == "train" and int(r[1]) == 2 for r in rows)
+    pretrain_steps = [int(r.split("\t")[2]) for r in (cwd / "results/toy/pretrain_log.tsv").read_text().splitlines()[1:]]
+    assert int(rows[0][2]) > max(pretrain_steps), "steps count on across the two stages"
 
 
 def test_a_checkpoint_of_another_model_configuration_is_refused(pretrained):
@@ -91,3 +93,5 @@ def test_killed_pretrain_resumes_from_the_last_epoch(toy_root, tmp_path):
     assert torch.load(tmp_path / "results/toy/pretrain.pt", map_location="cpu", weights_only=False)["epoch"] == 8
     epochs = [int(r.split("\t")[1]) for r in (tmp_path / "results/toy/pretrain_log.tsv").read_text().splitlines()[1:]]
     assert epochs == sorted(epochs) and set(epochs) == set(range(8)), "each epoch logged once, in order"
+    steps = [int(r.split("\t")[2]) for r in (tmp_path / "results/toy/pretrain_log.tsv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps)), "steps go on from where the killed run stopped"

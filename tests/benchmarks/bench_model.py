@@ -1,6 +1,6 @@
 """Model speed figures (a script, not a test): forward+backward time, and on CUDA peak memory.
 
-    .venv/bin/python tests/benchmarks/bench_model.py              # CPU: WR38 WS-FCN b2 @321, small b16 @112
+    .venv/bin/python tests/benchmarks/bench_model.py              # CPU: WR38 WS-FCN b2 @321, small b16 @ toy crop
     .venv/bin/python tests/benchmarks/bench_model.py --cuda       # + WR38 WS-FCN b16 @321, fp32 and bf16
 
 A step is forward, the classification + a stand-in segmentation loss, backward (and on CUDA an
@@ -92,7 +92,8 @@ def main() -> None:
         if not args.skip_wr38_cpu:
             runs.append(bench(["data.name=voc"], batch=2, size=321, device="cpu", warmup=1, iters=2))
         for cl in (False, True):
-            runs.append(bench([], batch=16, size=112, device="cpu", warmup=2, iters=5, channels_last=cl))
+            crop = config.load([config.REPO_ROOT / "params.yaml"])["train"]["crop_size"]  # the toy preset's
+            runs.append(bench([], batch=16, size=crop, device="cpu", warmup=2, iters=5, channels_last=cl))
     if args.cuda:
         if not torch.cuda.is_available():
             print(json.dumps({"cuda": "not available"}))

@@ -91,7 +91,7 @@ def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config
     optimizer = build_optimizer(model, cfg)
     loss_fn = build_loss(cfg, supervised=phase.supervised)
     rows: list[dict] = []
-    start = phase.first_epoch
+    start, step = phase.first_epoch, 0  # step counts optimiser steps over the whole schedule
 
     if phase.init_checkpoint is not None:
         init = checkpoint.load(phase.init_checkpoint)
@@ -101,7 +101,7 @@ def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config
         if init["epoch"] != phase.first_epoch:
             raise WsssError(f"checkpoint {phase.init_checkpoint} ends at epoch {init['epoch']}, but train.cls_epochs is "
                             f"{phase.first_epoch}; re-run pretrain")
-        rows = list(init.get("log", []))
+        rows, step = list(init["log"]), init["step"]
 
     state_path = _state_path(cfg, phase)
     if state_path.is_file():
@@ -109,11 +109,10 @@ def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
-        start, rows = state["epoch"], state["log"]
+        start, rows, step = state["epoch"], state["log"], state["step"]
         print(f"resuming {phase.name} from {state_path} at epoch {start}")
 
     use_amp = t["amp"] and dev.type == "cuda"
-    step = sum(1 for r in rows if r["stage"] == phase.name)
     for epoch in range(start, phase.end_epoch):
         model.train()
         seg_on = epoch >= t["cls_epochs"]
@@ -146,11 +145,11 @@ def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config
                 tick, seen = now, 0
                 bar.set_postfix(loss=f"{value['total']:.3f}", seg=f"{value['seg']:.3f}")
         checkpoint.save(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch + 1, "rng": checkpoint.rng_state(), "log": rows,
+                                     "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "log": rows,
                                      "signature": checkpoint.model_signature(cfg)})
 
     checkpoint.save(out_checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": phase.end_epoch, "rng": checkpoint.rng_state(), "log": rows,
+                                     "epoch": phase.end_epoch, "step": step, "rng": checkpoint.rng_state(), "log": rows,
                                      "signature": checkpoint.model_signature(cfg), "config": cfg,
                                      "supervised": phase.supervised})
     write_text(out_log, _tsv([r for r in rows if r["stage"] == phase.name]))
