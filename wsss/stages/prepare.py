@@ -7,7 +7,6 @@ written last inside it, so a folder without it was never finished.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -54,17 +53,6 @@ def _check_target(data_cfg: dict, target: Path) -> None:
                         "move it away, or point the key 'data.source' at it")
 
 
-def _remove_leftovers(target: Path) -> None:
-    """Remove the temporary folders of earlier runs of this stage that were killed midway."""
-    if not target.parent.is_dir():
-        return
-    for pattern in (f".tmp-{target.name}-*", f".old-{target.name}-*"):
-        for stale in target.parent.glob(pattern):
-            if stale.is_dir():
-                print(f"wsss prepare: removing {stale}, left by an interrupted run", file=sys.stderr)
-                shutil.rmtree(stale, ignore_errors=True)
-
-
 def prepare_dataset(data_cfg: dict, target: str | Path, progress: bool = True) -> dict:
     """Build the dataset named by ``data_cfg["name"]`` at ``target``; return what prepared.json holds."""
     name = data_cfg["name"]
@@ -72,7 +60,6 @@ def prepare_dataset(data_cfg: dict, target: str | Path, progress: bool = True) -
         raise WsssError(f"key 'data.name': {name!r} is not a dataset (allowed: {', '.join(PREPARERS)})")
     target = Path(target)
     _check_target(data_cfg, target)
-    _remove_leftovers(target)
     with atomic_path(target, directory=True) as tmp:
         built = PREPARERS[name](data_cfg, tmp, progress)
         for key in ("train_split", "eval_split"):

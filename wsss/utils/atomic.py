@@ -1,7 +1,7 @@
 """Atomic writes: build at a temporary path beside the target, then rename over it.
 
-A stage killed midway leaves only a ``.tmp-*`` sibling, never a half-written target that the next
-stage would consume.
+A stage killed midway leaves only a ``.tmp-<name>-<pid>-*`` sibling, never a half-written target that
+the next stage would consume; the next write of the same target removes such leftovers.
 """
 
 from __future__ import annotations
@@ -17,6 +17,30 @@ from typing import Iterator
 import yaml
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(target: Path) -> None:
+    """Delete the temporary (and replaced) siblings of ``target`` left by a killed process: those whose
+    writer's PID no longer runs."""
+    for kind in (".tmp", ".old"):
+        prefix = f"{kind}-{target.name}-"
+        for stale in target.parent.glob(prefix + "*"):
+            pid = stale.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success rename it onto ``target``.
@@ -26,13 +50,15 @@ def atomic_path(target: str | os.PathLike, *, directory: bool = False) -> Iterat
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target)
+    prefix = f".tmp-{target.name}-{os.getpid()}-"
     umask = os.umask(0)
     os.umask(umask)
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
         tmp.chmod(0o777 & ~umask)
     else:
-        fd, name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
         os.close(fd)
         tmp = Path(name)
         tmp.chmod(0o666 & ~umask)  # mkstemp makes files private; outputs get the usual modes
