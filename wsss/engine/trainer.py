@@ -54,13 +54,18 @@ def phase_for(stage: str, cfg: dict, supervised: bool = False) -> Phase:
     raise ValueError(stage)
 
 
-def _loader(cfg: dict, epoch: int) -> DataLoader:
-    t = cfg["train"]
+def _dataset(cfg: dict) -> VOCSegmentation:
+    """The training split, checked once (every listed file exists) for the whole run."""
     root = for_config(cfg).data
-    transform = TrainTransform(t["crop_size"], tuple(t["crop_scale"]), tuple(t["crop_ratio"]), t["hflip"], tuple(t["color_jitter"]))
-    dataset = VOCSegmentation(root, cfg["data"]["train_split"], params.num_classes(cfg), transform=transform)
-    if len(dataset) < t["batch_size"]:
-        raise WsssError(f"split '{cfg['data']['train_split']}' of {root} has {len(dataset)} images, fewer than train.batch_size={t['batch_size']}")
+    dataset = VOCSegmentation(root, cfg["data"]["train_split"], params.num_classes(cfg), transform=TrainTransform.from_config(cfg))
+    if len(dataset) < cfg["train"]["batch_size"]:
+        raise WsssError(f"split '{cfg['data']['train_split']}' of {root} has {len(dataset)} images, fewer than "
+                        f"train.batch_size={cfg['train']['batch_size']}")
+    return dataset
+
+
+def _loader(dataset: VOCSegmentation, cfg: dict, epoch: int) -> DataLoader:
+    t = cfg["train"]
     generator = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)  # same order on resume
     return DataLoader(dataset, batch_size=t["batch_size"], shuffle=True, drop_last=True, num_workers=t["workers"],
                       generator=generator, persistent_workers=False, pin_memory=False)
@@ -112,11 +117,12 @@ def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config
         start, rows, step = state["epoch"], state["log"], state["step"]
         print(f"resuming {phase.name} from {state_path} at epoch {start}")
 
+    dataset = _dataset(cfg)
     use_amp = t["amp"] and dev.type == "cuda"
     for epoch in range(start, phase.end_epoch):
         model.train()
         seg_on = epoch >= t["cls_epochs"]
-        loader = _loader(cfg, epoch)
+        loader = _loader(dataset, cfg, epoch)
         bar = tqdm(loader, desc=f"{phase.name} epoch {epoch + 1}/{t['epochs']}", unit="batch", dynamic_ncols=True)
         tick, seen = time.perf_counter(), 0
         for batch in bar:

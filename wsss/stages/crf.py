@@ -59,7 +59,7 @@ def refine(image: np.ndarray, probs: np.ndarray, crf: dict) -> np.ndarray:
 
 def _one(name: str, image_dir: Path, probs_dir: Path, out_dir: Path, crf: dict) -> str:
     ids, probs = read_probs(probs_dir / f"{name}.npz")
-    image = np.array(read_image(image_dir / f"{name}.jpg"))  # writable: pydensecrf refuses read-only buffers
+    image = np.asarray(read_image(image_dir / f"{name}.jpg"))  # refine() makes the writable copy pydensecrf needs
     if image.shape[:2] != probs.shape[1:]:
         raise WsssError(f"probability file {probs_dir / name}.npz is {probs.shape[1:]} but image {name}.jpg is {image.shape[:2]}")
     save_mask(ids[refine(image, probs, crf)].astype(np.uint8), out_dir / f"{name}.png")

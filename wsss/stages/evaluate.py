@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from wsss import config as params
+from wsss.data.dataset import read_split
 from wsss.data.palette import load_mask
 from wsss.errors import WsssError
 from wsss.metrics import confusion, scores
@@ -23,30 +24,14 @@ from wsss.paths import for_config
 from wsss.utils.atomic import atomic_path, write_json, write_yaml
 
 
-def split_names(data_dir: Path, split: str) -> list[str]:
-    path = data_dir / "ImageSets" / "Segmentation" / f"{split}.txt"
-    if not path.is_file():
-        raise WsssError(f"split file not found: {path}")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise WsssError(f"split file {path} is empty")
-    return names
-
-
-def _read(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise WsssError(f"mask not found: {path}")
-    return load_mask(path)
-
-
 def accumulate(names: list[str], gt_dir: Path, pred_dirs: list[Path], num_classes: int, ignore_index: int) -> list[np.ndarray]:
     """One confusion matrix per prediction folder; each ground truth is decoded once, in threads."""
 
     def one(name: str) -> list[np.ndarray]:
-        gt = _read(gt_dir / f"{name}.png")
+        gt = load_mask(gt_dir / f"{name}.png")
         confs = []
         for pred_dir in pred_dirs:
-            pred = _read(pred_dir / f"{name}.png")
+            pred = load_mask(pred_dir / f"{name}.png")
             if gt.shape != pred.shape:
                 raise WsssError(f"prediction {pred_dir / name}.png is {pred.shape}, ground truth is {gt.shape}")
             try:
@@ -116,7 +101,7 @@ def run(cfg: dict, args) -> None:
     split = cfg["data"]["eval_split"]
     n = params.num_classes(cfg)
     ignore, absent = cfg["eval"]["ignore_index"], cfg["eval"]["absent_class"]
-    names = split_names(paths.data, split)
+    names = read_split(paths.data, split)
     gt_dir = paths.data / "SegmentationClass"
     conf_raw, conf_crf = accumulate(names, gt_dir, [paths.infer / "masks", paths.crf / "masks"], n, ignore)
     raw, crf = scores(conf_raw, absent), scores(conf_crf, absent)
