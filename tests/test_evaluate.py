@@ -75,7 +75,7 @@ def test_evaluate_stage_writes_table_metrics_and_figure(tmp_path, monkeypatch):
     cfg = config.load([REPO / "params.yaml"])
     n = config.num_classes(cfg)
     pairs = _tree(tmp_path, [f"img{i}" for i in range(5)], n, np.random.default_rng(1))
-    evaluate.run(cfg, SimpleNamespace())
+    evaluate.run(cfg, SimpleNamespace(results="results"))
     table = pd.read_csv(tmp_path / "results" / "toy_val_miou.csv")
     metrics = json.loads((tmp_path / "results" / "metrics" / "toy_val.json").read_text())
     expected = scores(sum(confusion(g, p, n) for g, p in pairs.values()))
@@ -92,5 +92,5 @@ def test_evaluate_names_a_missing_prediction(tmp_path, monkeypatch):
     _tree(tmp_path, ["a", "b"], config.num_classes(cfg), np.random.default_rng(2))
     (tmp_path / "results" / "toy" / "val" / "crf" / "masks" / "b.png").unlink()
     with pytest.raises(Exception, match=r"crf/masks/b.png"):
-        evaluate.run(cfg, SimpleNamespace())
+        evaluate.run(cfg, SimpleNamespace(results="results"))
     assert not (tmp_path / "results" / "toy_val_miou.csv").exists()

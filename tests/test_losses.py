@@ -160,7 +160,7 @@ def test_supervised_loss_ignores_255():
     mask = torch.tensor([[[0, 2], [255, 1]]])
     out = {"logits": logits, "cls": torch.zeros(1, 2)}
     labels = torch.tensor([[1.0, 1.0]])
-    loss = SupervisedLoss(load_cfg())
+    loss = SupervisedLoss(load_cfg("train.supervised_loss=ce"))
     result = loss(out, None, labels, seg_on=True, mask=mask)
     logp = logits.detach().log_softmax(1)[0]
     expected = -(logp[0, 0, 0] + logp[2, 0, 1] + logp[1, 1, 1]) / 3
@@ -183,11 +183,35 @@ def test_supervised_loss_upsamples_to_the_mask():
     torch.manual_seed(0)
     logits = torch.randn(1, 2, 2, 2)
     mask = torch.tensor([[[0, 0, 1], [0, 1, 1], [255, 1, 1]]])
-    result = SupervisedLoss(load_cfg())({"logits": logits, "cls": torch.zeros(1, 1)}, None, torch.ones(1, 1), True, mask=mask)
+    result = SupervisedLoss(load_cfg("train.supervised_loss=ce"))({"logits": logits, "cls": torch.zeros(1, 1)}, None,
+                                                                  torch.ones(1, 1), True, mask=mask)
     up = F.interpolate(logits, size=(3, 3), mode="bilinear", align_corners=True)
     assert result["seg"].item() == pytest.approx(F.cross_entropy(up, mask, ignore_index=255).item(), rel=1e-6)
     with pytest.raises(WsssError, match="'mask'"):
         SupervisedLoss(load_cfg())({"logits": logits, "cls": torch.zeros(1, 1)}, None, torch.ones(1, 1), True)
+
+
+def test_supervised_balanced_loss_weights_classes_by_the_cropped_mask():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4)
+    mask = torch.zeros(2, 4, 4, dtype=torch.long)
+    mask[0, :1, :1] = 1  # one pixel of class 1 against 15 of background
+    mask[1, :, :2] = 2
+    mask[1, 0, 0] = 255
+    # image 0 is labelled with class 2 too, which its crop lost: the crop's classes count, not the labels
+    labels = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    out = {"logits": logits, "cls": torch.zeros(2, 2)}
+    result = SupervisedLoss(load_cfg("train.supervised_loss=balanced"))(out, None, labels, True, mask=mask)
+    present = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    expected, valid = balanced_seg_loss(logits, mask, present)
+    assert bool(valid.all())
+    assert result["seg"].item() == pytest.approx(expected.item(), rel=1e-6)
+    plain = SupervisedLoss(load_cfg("train.supervised_loss=ce"))(out, None, labels, True, mask=mask)
+    assert result["seg"].item() != pytest.approx(plain["seg"].item(), rel=1e-3)
+    with pytest.raises(WsssError, match="supervised_loss"):
+        cfg = load_cfg()
+        cfg["train"]["supervised_loss"] = "focal"
+        SupervisedLoss(cfg)
 
 
 def test_build_loss_by_method():

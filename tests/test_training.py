@@ -17,9 +17,10 @@ SMALL = ["presets.toy.train.batch_size=8", "presets.toy.train.crop_size=48", "tr
          "data.toy.n_train=48", "data.toy.n_val=24", "data.toy.min_size=64", "data.toy.max_size=80", "data.toy.clutter=0.5"]
 
 
-def wsss(stage: str, cwd: Path, data_root: Path, *overrides: str, wait: bool = True):
+def wsss(stage: str, cwd: Path, data_root: Path, *overrides: str, wait: bool = True, extra: tuple[str, ...] = ()):
+    """`wsss <stage>` on the small dataset: ``overrides`` become ``-S`` options, ``extra`` goes as written."""
     args = [sys.executable, "-m", "wsss.cli", stage, "--params", str(REPO / "params.yaml"),
-            "-S", f"data.root={data_root}", *[a for o in SMALL + list(overrides) for a in ("-S", o)]]
+            "-S", f"data.root={data_root}", *[a for o in SMALL + list(overrides) for a in ("-S", o)], *extra]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if not wait:
         return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

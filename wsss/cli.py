@@ -13,9 +13,13 @@ STAGES = {
     "prepare": ("wsss.stages.prepare", "generate the embedded dataset or download/verify/extract VOC 2012 + SBD"),
     "pretrain": ("wsss.stages.pretrain", "classification-only epochs (the first part of the schedule)"),
     "train": ("wsss.stages.train", "single-stage self-supervised segmentation training, from the pretrain checkpoint"),
+    "supervise": ("wsss.stages.supervise", "fully supervised upper bound: the same network and schedule, trained on "
+                                           "ground-truth masks (not part of the weak pipeline)"),
     "infer": ("wsss.stages.infer", "multi-scale + flip inference on the evaluation split"),
     "crf": ("wsss.stages.crf", "dense-CRF refinement of the inferred masks, parallel over images"),
     "evaluate": ("wsss.stages.evaluate", "confusion matrix, per-class IoU, mIoU and pixel accuracy, raw and CRF"),
+    "benchmark-report": ("wsss.benchmark.report", "the ablation benchmark's table, orderings, figures and examples "
+                                                  "(run by the results/benchmark/report.md target)"),
     "model-info": ("wsss.stages.model_info", "parameter counts and output shapes of the configured model (JSON)"),
 }
 
@@ -30,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "repeat to overlay files, later ones win")
         p.add_argument("-S", "--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
                        help="override a parameter, typed as in `dvc exp run -S` (e.g. -S model.fca=false)")
+        if name not in ("prepare", "model-info", "benchmark-report"):
+            p.add_argument("--results", default="results", metavar="DIR",
+                           help="root of this stage's inputs and outputs from earlier stages (default: results)")
+        if name == "infer":
+            p.add_argument("--checkpoint", default=None, metavar="PATH",
+                           help="the model to run (default: <results>/<dataset>/train.pt); e.g. a `wsss supervise` checkpoint")
+        if name == "benchmark-report":
+            p.add_argument("--design", default="workflow/benchmark.yaml", metavar="PATH", help="the benchmark design file")
+            p.add_argument("--runs", default="results/benchmark/runs", metavar="DIR", help="where the runs are")
+            p.add_argument("--out", default="results/benchmark", metavar="DIR", help="where the report goes")
         if name == "model-info":
             p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                            help="input size for the output shapes (default: train.crop_size)")

@@ -52,9 +52,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), parse_value(value)
 
 
-def _load_yaml(path: Path) -> dict:
+def load_mapping(path: Path, what: str = "params file") -> dict:
+    """A YAML file holding a mapping, or an error naming the file (``what`` says what it was meant to be)."""
     if not path.is_file():
-        raise ParamsError(f"params file not found: {path}")
+        raise ParamsError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -183,9 +184,9 @@ def default_params_files() -> list[str]:
 def load_raw(paths: Iterable[str | Path]) -> dict:
     """Load one or more params files; later files overlay earlier ones (existing keys only)."""
     paths = [Path(p) for p in paths] or [Path("params.yaml")]
-    raw = _load_yaml(paths[0])
+    raw = load_mapping(paths[0])
     for overlay in paths[1:]:
-        _merge_existing(raw, _load_yaml(overlay), str(overlay))
+        _merge_existing(raw, load_mapping(overlay), str(overlay))
     return raw
 
 

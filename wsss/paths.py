@@ -60,5 +60,7 @@ class StagePaths:
         return self.results / f"{self.dataset}_{self.split}_iou.png"
 
 
-def for_config(cfg: dict) -> StagePaths:
-    return StagePaths(dataset=cfg["data"]["name"], split=cfg["data"]["eval_split"], data_root=Path(cfg["data"]["root"]))
+def for_config(cfg: dict, results: str | Path | None = None) -> StagePaths:
+    """The paths for ``cfg``; ``results`` (the stage CLIs' ``--results``) moves every output under another root."""
+    return StagePaths(dataset=cfg["data"]["name"], split=cfg["data"]["eval_split"], data_root=Path(cfg["data"]["root"]),
+                      results=Path(results) if results is not None else Path("results"))

@@ -21,10 +21,15 @@ def limit_cpu_threads(dev: torch.device, reserved: int = 0) -> int:
     """On CPU, one intra-op thread per core not taken by data-loader workers.
 
     Oversubscribed OpenMP threads spin against each other: on 2 cores, 2 threads beside a busy
-    loader worker made a training step 10-20 times slower than 1 thread.
+    loader worker made a training step 10-20 times slower than 1 thread. ``OMP_NUM_THREADS``, when
+    set (as for jobs sharing the machine), is the budget to share with the workers instead of the
+    core count.
     """
     if dev.type != "cpu":
         return torch.get_num_threads()
-    threads = max(1, (os.cpu_count() or 1) - reserved)
+    budget = os.cpu_count() or 1
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        budget = int(os.environ["OMP_NUM_THREADS"])
+    threads = max(1, budget - reserved)
     torch.set_num_threads(threads)
     return threads

@@ -27,7 +27,7 @@ from wsss.errors import WsssError
 from wsss.model.losses import build_loss
 from wsss.model.network import build_model
 from wsss.model.optim import build_optimizer
-from wsss.paths import for_config
+from wsss.paths import StagePaths, for_config
 from wsss.utils.atomic import write_text, write_yaml
 
 LOG_COLUMNS = ["stage", "epoch", "step", "loss", "cls", "seg", "lr", "img_per_s", "pseudo_valid"]
@@ -44,13 +44,14 @@ class Phase:
     supervised: bool = False
 
 
-def phase_for(stage: str, cfg: dict, supervised: bool = False) -> Phase:
+def phase_for(stage: str, cfg: dict, paths: StagePaths) -> Phase:
     train = cfg["train"]
-    paths = for_config(cfg)
     if stage == "pretrain":
-        return Phase("pretrain", 0, train["cls_epochs"], None, supervised)
+        return Phase("pretrain", 0, train["cls_epochs"], None)
     if stage == "train":
-        return Phase("train", train["cls_epochs"], train["epochs"], paths.checkpoint("pretrain"), supervised)
+        return Phase("train", train["cls_epochs"], train["epochs"], paths.checkpoint("pretrain"))
+    if stage == "supervise":  # as `train`, from the same pretrain checkpoint, with ground truth for pseudo-labels
+        return Phase("supervise", train["cls_epochs"], train["epochs"], paths.checkpoint("pretrain"), supervised=True)
     raise ValueError(stage)
 
 
@@ -71,9 +72,9 @@ def _loader(dataset: VOCSegmentation, cfg: dict, epoch: int) -> DataLoader:
                       generator=generator, persistent_workers=False, pin_memory=False)
 
 
-def _state_path(cfg: dict, phase: Phase) -> Path:
+def _state_path(cfg: dict, phase: Phase, paths: StagePaths) -> Path:
     key = params.fingerprint({"cfg": cfg, "phase": phase.name, "supervised": phase.supervised})
-    return for_config(cfg).state / f"{phase.name}-{key}.pt"
+    return paths.state / f"{phase.name}-{key}.pt"
 
 
 def _tsv(rows: list[dict]) -> str:
@@ -84,7 +85,10 @@ def _tsv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config: Path) -> None:
+def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
+    """Run ``phase`` and write its checkpoint, curve and configuration under ``paths``."""
+    out_checkpoint, out_log, out_config = (paths.checkpoint(phase.name), paths.train_log(phase.name),
+                                           paths.stage_config(phase.name))
     t = cfg["train"]
     dev = devices.resolve(t["device"])
     devices.limit_cpu_threads(dev, reserved=t["workers"])
@@ -108,7 +112,7 @@ def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config
                             f"{phase.first_epoch}; re-run pretrain")
         rows, step = list(init["log"]), init["step"]
 
-    state_path = _state_path(cfg, phase)
+    state_path = _state_path(cfg, phase, paths)
     if state_path.is_file():
         state = checkpoint.load(state_path)
         model.load_state_dict(state["model"])
@@ -163,11 +167,11 @@ def run(cfg: dict, phase: Phase, out_checkpoint: Path, out_log: Path, out_config
     state_path.unlink(missing_ok=True)
 
 
-def run_stage(stage: str, cfg: dict) -> None:
-    """The `pretrain` / `train` CLI: check the dataset is prepared, run the phase, say what it wrote."""
-    paths = for_config(cfg)
+def run_stage(stage: str, cfg: dict, results: str | Path | None = None) -> None:
+    """The `pretrain` / `train` / `supervise` CLI: check the dataset is prepared, run the phase, say what it wrote."""
+    paths = for_config(cfg, results)
     if not (paths.data / "prepared.json").is_file():
         raise WsssError(f"dataset not prepared: {paths.data}/prepared.json is missing; run `wsss prepare` first")
-    phase = phase_for(stage, cfg)
-    run(cfg, phase, paths.checkpoint(stage), paths.train_log(stage), paths.stage_config(stage))
+    phase = phase_for(stage, cfg, paths)
+    run(cfg, phase, paths)
     print(f"{stage}: wrote {paths.checkpoint(stage)} (epochs {phase.first_epoch}-{phase.end_epoch})")

@@ -181,18 +181,27 @@ class SingleStageLoss:
         return _result(total, cls, seg, valid.float().mean().item(), ignored.item())
 
 
+SUPERVISED_LOSSES = ("balanced", "ce")
+
+
 class SupervisedLoss:
     """Fully supervised upper bound: pixel cross-entropy on ground-truth masks plus classification.
 
     Called with an extra ``mask`` (B, H, W) holding class indices and ``ignore_index``; the logits
-    are upsampled to the mask size. The segmentation term is weighted by ``train.seg_weight`` and
-    follows ``seg_on`` like the single-stage loss.
+    are upsampled to the mask size. ``train.supervised_loss``: ``balanced`` is the weak pipeline's
+    class-balanced loss with the ground truth in place of the pseudo-labels (the image classes are
+    those of its cropped mask; as there, a crop without background does not count), ``ce`` plain
+    pixel cross-entropy. The segmentation term
+    is weighted by ``train.seg_weight`` and follows ``seg_on`` like the single-stage loss.
     """
 
     def __init__(self, cfg: dict):
         train = _require(cfg, "train", "config")
         self.seg_weight = float(_require(train, "seg_weight", "config section 'train'"))
         self.ignore_index = int(cfg.get("eval", {}).get("ignore_index", 255))
+        self.kind = _require(train, "supervised_loss", "config section 'train'")
+        if self.kind not in SUPERVISED_LOSSES:
+            raise WsssError(f"key 'train.supervised_loss': {self.kind!r} is not allowed (allowed: {', '.join(SUPERVISED_LOSSES)})")
 
     def __call__(self, out: dict, raw: Tensor | None, labels: Tensor, seg_on: bool = True, mask: Tensor | None = None) -> dict:
         cls = classification_loss(_check_labels(out, labels), labels)
@@ -208,6 +217,9 @@ class SupervisedLoss:
         logits_up = upsample(logits.float(), tuple(mask.shape[-2:]))
         if bool((mask == self.ignore_index).all()):
             seg = (logits_up * 0.0).sum()
+        elif self.kind == "balanced":
+            present = class_pixel_counts(mask, logits.shape[1], self.ignore_index)[:, 1:] > 0
+            seg, _ = balanced_seg_loss(logits_up, mask, present.to(labels.dtype), self.ignore_index, "valid")
         else:
             seg = F.cross_entropy(logits_up, mask, ignore_index=self.ignore_index)
         return _result(cls + self.seg_weight * seg, cls, seg)

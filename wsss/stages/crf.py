@@ -67,7 +67,7 @@ def _one(name: str, image_dir: Path, probs_dir: Path, out_dir: Path, crf: dict) 
 
 
 def run(cfg: dict, args) -> None:
-    paths = for_config(cfg)
+    paths = for_config(cfg, args.results)
     probs_dir = paths.infer / "probs"
     if not probs_dir.is_dir():
         raise WsssError(f"inference output missing: {probs_dir}; run `wsss infer` first")

@@ -97,7 +97,7 @@ def figure(df: pd.DataFrame, conf: np.ndarray, title: str, path: Path) -> None:
 
 
 def run(cfg: dict, args) -> None:
-    paths = for_config(cfg)
+    paths = for_config(cfg, args.results)
     split = cfg["data"]["eval_split"]
     n = params.num_classes(cfg)
     ignore, absent = cfg["eval"]["ignore_index"], cfg["eval"]["absent_class"]

@@ -12,6 +12,7 @@ their probabilities quantised to uint8: what the CRF needs), ``scores.tsv`` and 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,8 +82,7 @@ def quantise(probs: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
 
 
-def load_model(cfg: dict, dev: torch.device) -> torch.nn.Module:
-    path = for_config(cfg).checkpoint("train")
+def load_model(cfg: dict, dev: torch.device, path: Path) -> torch.nn.Module:
     state = checkpoint.load(path)
     checkpoint.check_signature(state, cfg, path)
     model = build_model(cfg, load_weights=False)
@@ -91,10 +91,10 @@ def load_model(cfg: dict, dev: torch.device) -> torch.nn.Module:
 
 
 def run(cfg: dict, args) -> None:
-    paths = for_config(cfg)
+    paths = for_config(cfg, args.results)
     icfg = cfg["infer"]
     dev = devices.resolve(icfg["device"])
-    model = load_model(cfg, dev)
+    model = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
     dataset = VOCSegmentation(paths.data, cfg["data"]["eval_split"], params.num_classes(cfg))
     with atomic_path(paths.infer, directory=True) as tmp:
         (tmp / "masks").mkdir()

@@ -7,4 +7,4 @@ from wsss.engine import trainer
 
 
 def run(cfg: dict, args) -> None:
-    trainer.run_stage("train", cfg)
+    trainer.run_stage("train", cfg, args.results)
