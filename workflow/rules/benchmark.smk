@@ -1,0 +1,206 @@
+# The ablation benchmark on the embedded dataset (workflow/benchmark.yaml):
+#
+#     snakemake --cores 2 results/benchmark/report.md
+#
+# Every variant x seed is trained (pretrain + train, or supervise for the upper bound), inferred in
+# every inference mode, refined by the CRF and evaluated; `wsss benchmark-report` then writes the
+# table, figures and example page. Runs live under results/benchmark/runs/<variant>/s<seed>/ and use
+# the same stage CLIs as the main DAG, with --results pointing there. Each job takes one core, so
+# `--cores N` trains N runs at once. The runs read params.yaml and the design file only: --configfile
+# overlays do not reach them.
+import shlex
+
+from wsss.benchmark import design as bench_design
+
+BENCH_DESIGN = "workflow/benchmark.yaml"
+BENCH = bench_design.load(BENCH_DESIGN, ["params.yaml"])
+BENCH_OUT = "results/benchmark"
+BENCH_RUN = BENCH_OUT + "/runs/{variant}/s{seed}"
+BENCH_DATA = bench_design.params.load(["params.yaml"], BENCH.overrides(next(iter(BENCH.variants))))["data"]["root"] + "/toy"
+
+
+wildcard_constraints:
+    variant="|".join(BENCH.variants),
+    mode="|".join(BENCH.modes),
+    seed=r"\d+",
+
+
+def bench_params(stage, with_mode=False):
+    """The slice of a run's resolved configuration that `stage` depends on (a change re-runs it)."""
+
+    def pick(wc):
+        cfg = BENCH.config(["params.yaml"], wc.variant, wc.mode if with_mode else None, int(wc.seed))
+        out = {}
+        for key in STAGES[stage]["params"]:
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            out[key] = node
+        return out
+
+    return pick
+
+
+def bench_cmd(stage, *extra, with_mode=False):
+    """`wsss <stage>` for one run: params.yaml + the design's overrides, one thread, logged."""
+
+    def cmd(wc):
+        overrides = BENCH.overrides(wc.variant, wc.mode if with_mode else None, int(wc.seed))
+        sets = " ".join(f"-S {shlex.quote(o)}" for o in overrides)
+        args = [e.format(model=bench_model_name(wc.variant), **wc) for e in extra]  # params functions get no wildcard formatting of their own
+        return " ".join(["OMP_NUM_THREADS=1", "wsss", stage, "--params params.yaml", sets, *args])
+
+    return cmd
+
+
+def bench_model_name(variant):
+    return "supervise" if BENCH.variants[variant].trainer == "supervise" else "train"
+
+
+def bench_model(wc):
+    return f"{BENCH_RUN}/toy/{bench_model_name(wc.variant)}.pt".format(**wc)
+
+
+rule bench_prepare:
+    input:
+        code=stage_code("prepare"),
+    output:
+        directory(BENCH_DATA),
+    log:
+        BENCH_OUT + "/logs/prepare.log",
+    shell:
+        "wsss prepare --params params.yaml "
+        + " ".join(f"-S {shlex.quote(o)}" for o in BENCH.overrides(next(iter(BENCH.variants))) if o.startswith("data."))
+        + " 2>&1 | tee {log}"
+
+
+rule bench_pretrain:
+    input:
+        data=BENCH_DATA,
+        code=stage_code("pretrain"),
+    output:
+        checkpoint=BENCH_RUN + "/toy/pretrain.pt",
+    params:
+        config=bench_params("pretrain"),
+        cmd=bench_cmd("pretrain", "--results", BENCH_RUN),
+    log:
+        BENCH_RUN + "/logs/pretrain.log",
+    benchmark:
+        BENCH_RUN + "/benchmarks/pretrain.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_train:
+    input:
+        data=BENCH_DATA,
+        checkpoint=BENCH_RUN + "/toy/pretrain.pt",
+        code=stage_code("train"),
+    output:
+        checkpoint=BENCH_RUN + "/toy/train.pt",
+    params:
+        config=bench_params("train"),
+        cmd=bench_cmd("train", "--results", BENCH_RUN),
+    log:
+        BENCH_RUN + "/logs/train.log",
+    benchmark:
+        BENCH_RUN + "/benchmarks/train.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_supervise:
+    input:
+        data=BENCH_DATA,
+        checkpoint=BENCH_RUN + "/toy/pretrain.pt",
+        code=stage_code("supervise"),
+    output:
+        checkpoint=BENCH_RUN + "/toy/supervise.pt",
+    params:
+        config=bench_params("supervise"),
+        cmd=bench_cmd("supervise", "--results", BENCH_RUN),
+    log:
+        BENCH_RUN + "/logs/supervise.log",
+    benchmark:
+        BENCH_RUN + "/benchmarks/supervise.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_infer:
+    input:
+        data=BENCH_DATA,
+        checkpoint=bench_model,
+        code=stage_code("infer"),
+    output:
+        directory(BENCH_RUN + "/{mode}/toy/val/infer"),
+    params:
+        config=bench_params("infer", with_mode=True),
+        cmd=bench_cmd("infer", "--results", BENCH_RUN + "/{mode}", "--checkpoint", BENCH_RUN + "/toy/{model}.pt", with_mode=True),
+    log:
+        BENCH_RUN + "/logs/{mode}_infer.log",
+    benchmark:
+        BENCH_RUN + "/benchmarks/{mode}_infer.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_crf:
+    input:
+        data=BENCH_DATA,
+        infer=BENCH_RUN + "/{mode}/toy/val/infer",
+        code=stage_code("crf"),
+    output:
+        directory(BENCH_RUN + "/{mode}/toy/val/crf"),
+    params:
+        config=bench_params("crf", with_mode=True),
+        cmd=bench_cmd("crf", "-S crf.workers=1", "--results", BENCH_RUN + "/{mode}", with_mode=True),
+    log:
+        BENCH_RUN + "/logs/{mode}_crf.log",
+    benchmark:
+        BENCH_RUN + "/benchmarks/{mode}_crf.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_evaluate:
+    input:
+        data=BENCH_DATA,
+        infer=BENCH_RUN + "/{mode}/toy/val/infer",
+        crf=BENCH_RUN + "/{mode}/toy/val/crf",
+        code=stage_code("evaluate"),
+    output:
+        metrics=BENCH_RUN + "/{mode}/metrics/toy_val.json",
+        table=BENCH_RUN + "/{mode}/toy_val_miou.csv",
+    params:
+        config=bench_params("evaluate", with_mode=True),
+        cmd=bench_cmd("evaluate", "--results", BENCH_RUN + "/{mode}", with_mode=True),
+    log:
+        BENCH_RUN + "/logs/{mode}_evaluate.log",
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_report:
+    input:
+        design=BENCH_DESIGN,
+        metrics=expand(BENCH_RUN + "/{mode}/metrics/toy_val.json", variant=BENCH.variants, seed=BENCH.seeds, mode=BENCH.modes),
+        tables=expand(BENCH_RUN + "/{mode}/toy_val_miou.csv", variant=BENCH.variants, seed=BENCH.seeds, mode=BENCH.modes),
+        code=["wsss/benchmark/design.py", "wsss/benchmark/report.py"],
+    output:
+        report=BENCH_OUT + "/report.md",
+        summary=BENCH_OUT + "/summary.csv",
+        runs=BENCH_OUT + "/runs.csv",
+        miou=BENCH_OUT + "/miou.png",
+        per_class=BENCH_OUT + "/per_class.png",
+        examples=BENCH_OUT + "/examples.png",
+    log:
+        BENCH_OUT + "/logs/report.log",
+    shell:
+        "wsss benchmark-report --params params.yaml --design {input.design} --runs {BENCH_OUT}/runs --out {BENCH_OUT} 2>&1 | tee {log}"

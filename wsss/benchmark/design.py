@@ -1,0 +1,130 @@
+"""The ablation benchmark's design file (``workflow/benchmark.yaml``): which runs exist and how each is configured.
+
+A run is one configuration (``variants``) trained with one seed (``seeds``); each run is then
+inferred in every ``inference`` mode, each evaluated without and with CRF. Every run's configuration
+is params.yaml, then the design's shared ``params``, then its variant's and mode's ``params``, all
+dotted keys typed as ``wsss <stage> -S`` reads them. A variant with ``train: supervise`` is trained by
+``wsss supervise`` (ground-truth masks) instead of ``pretrain`` + ``train``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsss import config as params
+from wsss.errors import WsssError
+
+TRAINERS = ("weak", "supervise")
+KEYS = {"seeds", "params", "variants", "inference", "reference", "upper_bound", "qualitative"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    params: dict
+    trainer: str  # weak (pretrain + train) | supervise
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    label: str
+    params: dict
+
+
+@dataclass(frozen=True)
+class Design:
+    path: Path
+    seeds: list[int]
+    params: dict
+    variants: dict[str, Variant]
+    modes: dict[str, Mode]
+    reference: str        # the variant the ordering checks and per-class figure are about (WS-FCN)
+    upper_bound: str      # the fully supervised variant
+    qualitative: int      # how many validation images (the first of the sorted split) the example page shows
+
+    def overrides(self, variant: str, mode: str | None = None, seed: int | None = None) -> list[str]:
+        """The ``-S`` overrides of one run (and inference mode), in the order they apply."""
+        merged = dict(self.params)
+        merged.update(self.variants[variant].params)
+        if mode is not None:
+            merged.update(self.modes[mode].params)
+        if seed is not None:
+            merged["train.seed"] = seed
+        return [f"{key}={_typed(value)}" for key, value in merged.items()]
+
+    def config(self, params_files: list[str], variant: str, mode: str | None = None, seed: int | None = None) -> dict:
+        """The resolved configuration of one run, as the stage CLIs will see it."""
+        return params.load(params_files, self.overrides(variant, mode, seed))
+
+
+def _typed(value) -> str:
+    """A value written so that ``wsss -S`` (YAML) reads it back with the same type."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _mapping(node, where: str) -> dict:
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise WsssError(f"{where}: expected a mapping of dotted keys to values, got {type(node).__name__}")
+    return {str(k): v for k, v in node.items()}
+
+
+def _entries(node, where: str) -> dict[str, dict]:
+    if not isinstance(node, dict) or not node:
+        raise WsssError(f"{where}: expected a non-empty mapping of names to entries")
+    out = {}
+    for name, entry in node.items():
+        entry = entry or {}
+        if not isinstance(entry, dict):
+            raise WsssError(f"{where}.{name}: expected a mapping (label, params)")
+        unknown = set(entry) - {"label", "params", "train"}
+        if unknown:
+            raise WsssError(f"{where}.{name}: unknown key '{sorted(unknown)[0]}' (allowed: label, params, train)")
+        out[str(name)] = entry
+    return out
+
+
+def load(path: str | Path, params_files: list[str] | None = None) -> Design:
+    """Read and check a design file; with ``params_files``, also resolve every run's configuration."""
+    path = Path(path)
+    raw = params.load_mapping(path, "benchmark design")
+    unknown = set(raw) - KEYS
+    if unknown:
+        raise WsssError(f"{path}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(KEYS))})")
+    seeds = raw.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise WsssError(f"{path}: key 'seeds' must be a list of distinct non-negative integers, got {seeds!r}")
+    variants = {}
+    for name, entry in _entries(raw.get("variants"), f"{path}: variants").items():
+        trainer = entry.get("train", "weak")
+        if trainer not in TRAINERS:
+            raise WsssError(f"{path}: key 'variants.{name}.train': {trainer!r} is not allowed (allowed: {', '.join(TRAINERS)})")
+        variants[name] = Variant(name, str(entry.get("label", name)), _mapping(entry.get("params"), f"{path}: variants.{name}.params"), trainer)
+    modes = {name: Mode(name, str(e.get("label", name)), _mapping(e.get("params"), f"{path}: inference.{name}.params"))
+             for name, e in _entries(raw.get("inference"), f"{path}: inference").items()}
+    for name in list(variants) + list(modes):
+        if not name.replace("_", "").isalnum():
+            raise WsssError(f"{path}: name {name!r} must be letters, digits and '_' (it becomes a folder name)")
+    design = Design(path, seeds, _mapping(raw.get("params"), f"{path}: params"), variants, modes,
+                    str(raw.get("reference", "")), str(raw.get("upper_bound", "")), int(raw.get("qualitative", 6)))
+    for key in ("reference", "upper_bound"):
+        if getattr(design, key) not in variants:
+            raise WsssError(f"{path}: key '{key}': {getattr(design, key)!r} is not a variant ({', '.join(variants)})")
+    if variants[design.upper_bound].trainer != "supervise":
+        raise WsssError(f"{path}: key 'upper_bound': variant {design.upper_bound!r} must have 'train: supervise'")
+    if params_files is not None:
+        for variant in variants:
+            for mode in modes:
+                try:
+                    design.config(params_files, variant, mode, seeds[0])
+                except WsssError as exc:
+                    raise WsssError(f"{path}: variant {variant!r}, inference {mode!r}: {exc}") from None
+    return design

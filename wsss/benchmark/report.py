@@ -1,0 +1,293 @@
+"""`wsss benchmark-report`: the ablation benchmark's table, checks, figures and example page.
+
+Reads every run's evaluation (``<runs>/<variant>/s<seed>/<mode>/metrics/toy_val.json`` and the
+per-class CSV beside it) and writes into ``--out``:
+
+- ``runs.csv``: one row per variant x seed x inference mode x CRF;
+- ``summary.csv``: mean and sample std over seeds of mIoU and pixel accuracy;
+- ``report.md``: the command, dataset knobs and schedule, the table (with parameter counts), the
+  paper's orderings checked on the means, and the figures;
+- ``miou.png`` (mIoU per configuration, error bars = std over seeds), ``per_class.png`` (per-class
+  IoU of the reference against the upper bound) and ``examples.png`` (image, ground truth, CAM,
+  reference mask, reference + CRF, upper bound, for the first validation images).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wsss.benchmark import design as bench_design
+from wsss.data.dataset import read_image, read_split
+from wsss.data.palette import colorize, load_mask
+from wsss.errors import WsssError
+from wsss.utils.atomic import atomic_path, write_text
+
+UPPER_BOUND_SHARE = 0.75  # the reference must reach this share of the upper bound's mIoU
+KNOBS = ["part_contrast", "part_fraction", "context_prob", "occlusion", "clutter", "max_objects", "min_size",
+         "max_size", "n_train", "n_val", "num_classes", "ignore_width", "seed"]
+SCHEDULE = ["train.epochs", "train.cls_epochs", "train.batch_size", "train.crop_size", "train.lr", "model.backbone",
+            "model.head_channels"]
+
+
+def _settings(design: bench_design.Design) -> list[tuple[str, bool, str]]:
+    """(mode, crf, column label) in table order: every mode without, then with CRF."""
+    return [(m, crf, f"{design.modes[m].label}{' + CRF' if crf else ''}") for m in design.modes for crf in (False, True)]
+
+
+def collect(design: bench_design.Design, runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-run scores (one row per variant, seed, mode, crf) and per-class IoU (one row per class and run)."""
+    rows, classes = [], []
+    for variant in design.variants:
+        for seed in design.seeds:
+            for mode in design.modes:
+                folder = runs / variant / f"s{seed}" / mode
+                path = folder / "metrics" / "toy_val.json"
+                try:
+                    metrics = json.loads(path.read_text())
+                    table = pd.read_csv(folder / "toy_val_miou.csv")
+                except FileNotFoundError as exc:
+                    raise WsssError(f"benchmark run missing: {exc.filename}; run the benchmark target first") from None
+                except (json.JSONDecodeError, pd.errors.ParserError) as exc:
+                    raise WsssError(f"unreadable benchmark result under {folder}: {exc}") from None
+                for crf, suffix in ((False, ""), (True, "_crf")):
+                    rows.append({"variant": variant, "seed": seed, "mode": mode, "crf": crf,
+                                 "miou": metrics[f"miou{suffix}"], "pixel_acc": metrics[f"pixel_acc{suffix}"],
+                                 "images": metrics["images"]})
+                    per_class = table[table["class"] != "mean"]
+                    for name, iou in zip(per_class["class"], per_class[f"iou{suffix}"]):
+                        classes.append({"variant": variant, "seed": seed, "mode": mode, "crf": crf, "class": name, "iou": iou})
+    return pd.DataFrame(rows), pd.DataFrame(classes)
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    grouped = runs.groupby(["variant", "mode", "crf"], sort=False)
+    out = grouped.agg(miou_mean=("miou", "mean"), miou_std=("miou", "std"), pixel_acc_mean=("pixel_acc", "mean"),
+                      pixel_acc_std=("pixel_acc", "std"), seeds=("seed", "nunique")).reset_index()
+    return out
+
+
+def param_counts(design: bench_design.Design, params_files: list[str]) -> dict[str, tuple[float, float]]:
+    """Trainable parameters per variant: at the benchmark's size (thousands) and at VOC size (WR38, millions)."""
+    import torch
+
+    from wsss.model.network import build_model
+
+    counts = {}
+    for name in design.variants:
+        sizes = []
+        for extra in ([], ["data.name=voc"]):
+            cfg = bench_design.params.load(params_files, design.overrides(name) + extra)
+            with torch.device("meta"):
+                model = build_model(cfg, load_weights=False)
+            sizes.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        counts[name] = (sizes[0] / 1e3, sizes[1] / 1e6)
+    return counts
+
+
+def _cell(mean: float, std: float) -> str:
+    return f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
+
+
+def _mean(summary: pd.DataFrame, variant: str, mode: str, crf: bool, column: str = "miou_mean") -> float:
+    row = summary[(summary["variant"] == variant) & (summary["mode"] == mode) & (summary["crf"] == crf)]
+    return float(row[column].iloc[0])
+
+
+def checks(design: bench_design.Design, summary: pd.DataFrame) -> list[tuple[str, bool, str]]:
+    """The paper's orderings on the means over seeds: (claim, holds, the numbers)."""
+    out = []
+    settings = _settings(design)
+    ladder = [v for v in ("cam", "ssss", design.reference) if v in design.variants]
+    for mode, crf, label in settings:
+        values = [_mean(summary, v, mode, crf) for v in ladder]
+        holds = all(a <= b for a, b in zip(values, values[1:]))
+        chain = " ≤ ".join(f"{design.variants[v].label} {x:.3f}" for v, x in zip(ladder, values))
+        out.append((f"{' ≥ '.join(design.variants[v].label for v in reversed(ladder))} ({label})", holds, chain))
+    modes = list(design.modes)
+    weak = [v for v, spec in design.variants.items() if spec.trainer == "weak"]
+    if len(modes) >= 2:
+        first, last = modes[0], modes[-1]
+        for crf in (False, True):
+            diffs = [_mean(summary, v, last, crf) - _mean(summary, v, first, crf) for v in weak]
+            detail = ", ".join(f"{design.variants[v].label} {d:+.3f}" for v, d in zip(weak, diffs))
+            out.append((f"{design.modes[last].label} ≥ {design.modes[first].label}{' (with CRF)' if crf else ''}, "
+                        f"on average over the weak configurations", float(np.mean(diffs)) >= 0,
+                        f"mean difference {np.mean(diffs):+.3f} ({detail})"))
+    for mode in modes:
+        diffs = [_mean(summary, v, mode, True) - _mean(summary, v, mode, False) for v in weak]
+        detail = ", ".join(f"{design.variants[v].label} {d:+.3f}" for v, d in zip(weak, diffs))
+        out.append((f"CRF ≥ no CRF ({design.modes[mode].label}), on average over the weak configurations",
+                    float(np.mean(diffs)) >= 0, f"mean difference {np.mean(diffs):+.3f} ({detail})"))
+    last = modes[-1]
+    ref, ub = _mean(summary, design.reference, last, True), _mean(summary, design.upper_bound, last, True)
+    share = ref / ub if ub > 0 else float("nan")
+    out.append((f"{design.variants[design.reference].label} ({design.modes[last].label} + CRF) ≥ "
+                f"{UPPER_BOUND_SHARE:.0%} of the upper bound", share >= UPPER_BOUND_SHARE,
+                f"{ref:.3f} / {ub:.3f} = {share:.1%}"))
+    return out
+
+
+def _wall_time(runs: Path) -> tuple[float, float]:
+    """(sum of job seconds, span from the first job's start to the last job's end) from Snakemake's benchmark files."""
+    total, starts, ends = 0.0, [], []
+    for tsv in runs.glob("*/s*/benchmarks/*.tsv"):
+        try:
+            seconds = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+        except (KeyError, IndexError, ValueError, pd.errors.ParserError):
+            continue
+        end = tsv.stat().st_mtime
+        total += seconds
+        starts.append(end - seconds)
+        ends.append(end)
+    return total, (max(ends) - min(starts)) if ends else float("nan")
+
+
+def figure_miou(design: bench_design.Design, summary: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = _settings(design)
+    variants = list(design.variants)
+    fig, ax = plt.subplots(figsize=(1.6 * len(variants) + 2, 4.2))
+    width = 0.8 / len(settings)
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))[: len(settings)]
+    for i, (mode, crf, label) in enumerate(settings):
+        means = [_mean(summary, v, mode, crf) for v in variants]
+        stds = [_mean(summary, v, mode, crf, "miou_std") for v in variants]
+        xs = np.arange(len(variants)) + (i - (len(settings) - 1) / 2) * width
+        ax.bar(xs, means, width, yerr=np.nan_to_num(stds), capsize=2, label=label, color=colors[i])
+    ax.set_xticks(np.arange(len(variants)), [design.variants[v].label for v in variants], rotation=20, ha="right")
+    ax.set_ylabel(f"mIoU (mean ± std over {len(design.seeds)} seeds)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def figure_per_class(design: bench_design.Design, classes: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mode = list(design.modes)[-1]
+    picked = classes[(classes["mode"] == mode) & classes["crf"]]
+    names = list(dict.fromkeys(picked["class"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(names) + 2), 4.0))
+    for offset, variant in ((-0.2, design.reference), (0.2, design.upper_bound)):
+        stats = picked[picked["variant"] == variant].groupby("class", sort=False)["iou"].agg(["mean", "std"]).reindex(names)
+        ax.bar(np.arange(len(names)) + offset, stats["mean"], 0.4, yerr=np.nan_to_num(stats["std"]), capsize=2,
+               label=f"{design.variants[variant].label}")
+    ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right")
+    ax.set_ylabel("IoU (mean ± std over seeds)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"per-class IoU, {design.modes[mode].label} + CRF")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def figure_examples(design: bench_design.Design, runs: Path, data: Path, split: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mode, seed = list(design.modes)[-1], design.seeds[0]
+    names = read_split(data, split)[: design.qualitative]
+    cam = "cam" if "cam" in design.variants else design.reference
+    columns = [("image", None), ("ground truth", data / "SegmentationClass"),
+               (design.variants[cam].label, runs / cam / f"s{seed}" / mode / "toy" / split / "infer" / "masks"),
+               (design.variants[design.reference].label, runs / design.reference / f"s{seed}" / mode / "toy" / split / "infer" / "masks"),
+               (f"{design.variants[design.reference].label} + CRF", runs / design.reference / f"s{seed}" / mode / "toy" / split / "crf" / "masks"),
+               (f"{design.variants[design.upper_bound].label} + CRF", runs / design.upper_bound / f"s{seed}" / mode / "toy" / split / "crf" / "masks")]
+    fig, axes = plt.subplots(len(names), len(columns), figsize=(1.9 * len(columns), 1.9 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        for c, (title, folder) in enumerate(columns):
+            ax = axes[r][c]
+            if folder is None:
+                ax.imshow(np.asarray(read_image(data / "JPEGImages" / f"{name}.jpg")))
+            else:
+                ax.imshow(colorize(load_mask(folder / f"{name}.png")))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle(f"{split} images, seed {seed}, {design.modes[mode].label}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def markdown(design: bench_design.Design, cfg: dict, summary: pd.DataFrame, counts: dict, found: list,
+             times: tuple[float, float], images: int) -> str:
+    settings = _settings(design)
+    lines = ["# Ablation benchmark on the embedded dataset", "",
+             "Made by `snakemake --cores 2 results/benchmark/report.md` from `params.yaml` and "
+             f"`{design.path.as_posix()}` (the design: seeds, schedule, configurations, inference modes). "
+             f"Seeds: {', '.join(map(str, design.seeds))}; {images} validation images; mean ± sample std over seeds.", ""]
+    total, span = times
+    if not math.isnan(span):
+        lines += [f"Time: {span / 60:.1f} min from the first job's start to the last job's end; "
+                  f"{total / 60:.1f} min of job time in total (Snakemake benchmark files).", ""]
+    lines += ["## Dataset difficulty knobs (`data.toy`) and schedule", "", "| key | value |", "|---|---|"]
+    lines += [f"| data.toy.{k} | {cfg['data']['toy'][k]} |" for k in KNOBS]
+    for key in SCHEDULE:
+        section, name = key.split(".")
+        lines.append(f"| {key} | {cfg[section][name]} |")
+    for title, column in (("mIoU", "miou"), ("Pixel accuracy", "pixel_acc")):
+        lines += ["", f"## {title}", "",
+                  "| configuration | params (benchmark size, K) | params (VOC size, M) | " + " | ".join(s[2] for s in settings) + " |",
+                  "|---|---:|---:|" + "---:|" * len(settings)]
+        for variant, spec in design.variants.items():
+            cells = [_cell(_mean(summary, variant, m, c, f"{column}_mean"), _mean(summary, variant, m, c, f"{column}_std"))
+                     for m, c, _ in settings]
+            toy, voc = counts[variant]
+            lines.append(f"| {spec.label} | {toy:.1f} | {voc:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "## The paper's orderings, on the means over seeds", "", "| claim | holds | numbers |", "|---|---|---|"]
+    lines += [f"| {claim} | {'yes' if ok else '**no**'} | {numbers} |" for claim, ok, numbers in found]
+    lines += ["", "## Figures", "", "![mIoU per configuration](miou.png)", "",
+              "![per-class IoU](per_class.png)", "", "![examples](examples.png)", ""]
+    return "\n".join(lines)
+
+
+def run(cfg: dict, args) -> None:
+    params_files = args.params or ["params.yaml"]
+    design = bench_design.load(args.design, params_files)
+    runs, out = Path(args.runs), Path(args.out)
+    run_rows, classes = collect(design, runs)
+    summary = summarise(run_rows)
+    bench_cfg = design.config(params_files, design.reference)
+    data = Path(bench_cfg["data"]["root"]) / bench_cfg["data"]["name"]
+    split = bench_cfg["data"]["eval_split"]
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "runs.csv") as tmp:
+        run_rows.to_csv(tmp, index=False, float_format="%.6f")
+    with atomic_path(out / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.6f")
+    figure_miou(design, summary, out / "miou.png")
+    figure_per_class(design, classes, out / "per_class.png")
+    figure_examples(design, runs, data, split, out / "examples.png")
+    found = checks(design, summary)
+    text = markdown(design, bench_cfg, summary, param_counts(design, params_files), found, _wall_time(runs),
+                    int(run_rows["images"].iloc[0]))
+    write_text(out / "report.md", text)
+    print(text)
