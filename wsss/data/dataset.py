@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from wsss.data.imagefile import decode
 from wsss.data.palette import IGNORE, load_mask
 from wsss.errors import WsssError
 
@@ -40,15 +41,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
 
 def read_image(path: str | Path) -> Image.Image:
     """A fully decoded RGB image; a missing, truncated or corrupt file is a WsssError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise WsssError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.convert("RGB")
-    except Exception as exc:  # PIL raises many types for truncated or corrupt files
-        raise WsssError(f"{path}: cannot read image (truncated or corrupt): {exc}") from None
+    return decode(path, "image", lambda image: image.convert("RGB"))
 
 
 def check_mask(mask: np.ndarray, image_size: tuple[int, int], num_classes: int, path: str | Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wsss.data.imagefile import decode
 from wsss.errors import WsssError
 
 IGNORE = 255
@@ -53,22 +54,15 @@ def save_mask(mask: np.ndarray, path: str | Path) -> None:
     image.save(path, format="PNG", optimize=False)
 
 
+def _class_indices(image: Image.Image) -> np.ndarray:
+    if image.mode not in ("P", "L"):
+        raise WsssError(
+            f"{image.filename}: a mask must be a palette (P) or greyscale (L) PNG of class indices, "
+            f"got mode {image.mode} (colour-coded masks are not class indices)"
+        )
+    return np.array(image, dtype=np.uint8)
+
+
 def load_mask(path: str | Path) -> np.ndarray:
     """Read a mask PNG (palette or greyscale) as a uint8 array of class indices."""
-    path = Path(path)
-    if not path.is_file():
-        raise WsssError(f"{path}: mask file not found")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            if mode not in ("P", "L"):
-                raise WsssError(
-                    f"{path}: a mask must be a palette (P) or greyscale (L) PNG of class indices, "
-                    f"got mode {mode} (colour-coded masks are not class indices)"
-                )
-            return np.array(image, dtype=np.uint8)
-    except WsssError:
-        raise
-    except Exception as exc:  # PIL raises many types for truncated or corrupt files
-        raise WsssError(f"{path}: cannot read mask: {exc}") from None
+    return decode(path, "mask", _class_indices)
