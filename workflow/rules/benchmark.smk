@@ -16,7 +16,8 @@ BENCH_DESIGN = "workflow/benchmark.yaml"
 BENCH = bench_design.load(BENCH_DESIGN, ["params.yaml"])
 BENCH_OUT = "results/benchmark"
 BENCH_RUN = BENCH_OUT + "/runs/{variant}/s{seed}"
-BENCH_DATA = bench_design.params.load(["params.yaml"], BENCH.overrides(next(iter(BENCH.variants))))["data"]["root"] + "/toy"
+BENCH_DATA_OVERRIDES = [o for o in BENCH.overrides(next(iter(BENCH.variants))) if o.startswith("data.")]
+BENCH_DATA = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["data"]["root"] + "/toy"
 
 
 wildcard_constraints:
@@ -29,14 +30,7 @@ def bench_params(stage, with_mode=False):
     """The slice of a run's resolved configuration that `stage` depends on (a change re-runs it)."""
 
     def pick(wc):
-        cfg = BENCH.config(["params.yaml"], wc.variant, wc.mode if with_mode else None, int(wc.seed))
-        out = {}
-        for key in STAGES[stage]["params"]:
-            node = cfg
-            for part in key.split("."):
-                node = node[part]
-            out[key] = node
-        return out
+        return param_slice(BENCH.config(["params.yaml"], wc.variant, wc.mode if with_mode else None, int(wc.seed)), stage)
 
     return pick
 
@@ -70,7 +64,7 @@ rule bench_prepare:
         BENCH_OUT + "/logs/prepare.log",
     shell:
         "wsss prepare --params params.yaml "
-        + " ".join(f"-S {shlex.quote(o)}" for o in BENCH.overrides(next(iter(BENCH.variants))) if o.startswith("data."))
+        + " ".join(f"-S {shlex.quote(o)}" for o in BENCH_DATA_OVERRIDES)
         + " 2>&1 | tee {log}"
 
 
