@@ -1,6 +1,6 @@
 """`wsss benchmark-report`: the ablation benchmark's table, checks, figures and example page.
 
-Reads every run's evaluation (``<runs>/<variant>/s<seed>/<mode>/metrics/toy_val.json`` and the
+Reads every run's evaluation (``<runs>/<variant>/s<seed>/<mode>/metrics/<dataset>_<split>.json`` and the
 per-class CSV beside it) and writes into ``--out``:
 
 - ``runs.csv``: one row per variant x seed x inference mode x CRF;
@@ -25,6 +25,7 @@ from wsss.benchmark import design as bench_design
 from wsss.data.dataset import read_image, read_split
 from wsss.data.palette import colorize, load_mask
 from wsss.errors import WsssError
+from wsss.paths import StagePaths, for_config
 from wsss.utils.atomic import atomic_path, write_text
 
 UPPER_BOUND_SHARE = 0.75  # the reference must reach this share of the upper bound's mIoU
@@ -39,17 +40,22 @@ def _settings(design: bench_design.Design) -> list[tuple[str, bool, str]]:
     return [(m, crf, f"{design.modes[m].label}{' + CRF' if crf else ''}") for m in design.modes for crf in (False, True)]
 
 
-def collect(design: bench_design.Design, runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_paths(cfg: dict, runs: Path, variant: str, seed: int, mode: str) -> StagePaths:
+    """Where one run's inference mode wrote its stage outputs (its stages ran with that --results)."""
+    return for_config(cfg, runs / variant / f"s{seed}" / mode)
+
+
+def collect(design: bench_design.Design, cfg: dict, runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-run scores (one row per variant, seed, mode, crf) and per-class IoU (one row per class and run)."""
     rows, classes = [], []
     for variant in design.variants:
         for seed in design.seeds:
             for mode in design.modes:
-                folder = runs / variant / f"s{seed}" / mode
-                path = folder / "metrics" / "toy_val.json"
+                paths = run_paths(cfg, runs, variant, seed, mode)
+                folder = paths.results
                 try:
-                    metrics = json.loads(path.read_text())
-                    table = pd.read_csv(folder / "toy_val_miou.csv")
+                    metrics = json.loads(paths.metrics_json.read_text())
+                    table = pd.read_csv(paths.miou_csv)
                 except FileNotFoundError as exc:
                     raise WsssError(f"benchmark run missing: {exc.filename}; run the benchmark target first") from None
                 except (json.JSONDecodeError, pd.errors.ParserError) as exc:
@@ -148,11 +154,7 @@ def _wall_time(runs: Path) -> tuple[float, float]:
 
 
 def figure_miou(design: bench_design.Design, summary: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     settings = _settings(design)
     variants = list(design.variants)
     fig, ax = plt.subplots(figsize=(1.6 * len(variants) + 2, 4.2))
@@ -173,11 +175,7 @@ def figure_miou(design: bench_design.Design, summary: pd.DataFrame, path: Path) 
 
 
 def figure_per_class(design: bench_design.Design, classes: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     mode = list(design.modes)[-1]
     picked = classes[(classes["mode"] == mode) & classes["crf"]]
     names = list(dict.fromkeys(picked["class"]))
@@ -196,20 +194,21 @@ def figure_per_class(design: bench_design.Design, classes: pd.DataFrame, path: P
     _save(fig, path)
 
 
-def figure_examples(design: bench_design.Design, runs: Path, data: Path, split: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def figure_examples(design: bench_design.Design, cfg: dict, runs: Path, path: Path) -> None:
+    plt = _pyplot()
     mode, seed = list(design.modes)[-1], design.seeds[0]
+    split = cfg["data"]["eval_split"]
+    data = for_config(cfg).data
     names = read_split(data, split)[: design.qualitative]
     cam = "cam" if "cam" in design.variants else design.reference
+    ref, ub = design.variants[design.reference].label, design.variants[design.upper_bound].label
+
+    def masks(variant: str, stage: str) -> Path:
+        return getattr(run_paths(cfg, runs, variant, seed, mode), stage) / "masks"
+
     columns = [("image", None), ("ground truth", data / "SegmentationClass"),
-               (design.variants[cam].label, runs / cam / f"s{seed}" / mode / "toy" / split / "infer" / "masks"),
-               (design.variants[design.reference].label, runs / design.reference / f"s{seed}" / mode / "toy" / split / "infer" / "masks"),
-               (f"{design.variants[design.reference].label} + CRF", runs / design.reference / f"s{seed}" / mode / "toy" / split / "crf" / "masks"),
-               (f"{design.variants[design.upper_bound].label} + CRF", runs / design.upper_bound / f"s{seed}" / mode / "toy" / split / "crf" / "masks")]
+               (design.variants[cam].label, masks(cam, "infer")), (ref, masks(design.reference, "infer")),
+               (f"{ref} + CRF", masks(design.reference, "crf")), (f"{ub} + CRF", masks(design.upper_bound, "crf"))]
     fig, axes = plt.subplots(len(names), len(columns), figsize=(1.9 * len(columns), 1.9 * len(names)), squeeze=False)
     for r, name in enumerate(names):
         for c, (title, folder) in enumerate(columns):
@@ -229,9 +228,18 @@ def figure_examples(design: bench_design.Design, runs: Path, data: Path, split: 
     _save(fig, path)
 
 
-def _save(fig, path: Path) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported when a figure is drawn, not at start-up)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    plt = _pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
@@ -273,11 +281,9 @@ def run(cfg: dict, args) -> None:
     params_files = args.params or ["params.yaml"]
     design = bench_design.load(args.design, params_files)
     runs, out = Path(args.runs), Path(args.out)
-    run_rows, classes = collect(design, runs)
-    summary = summarise(run_rows)
     bench_cfg = design.config(params_files, design.reference)
-    data = Path(bench_cfg["data"]["root"]) / bench_cfg["data"]["name"]
-    split = bench_cfg["data"]["eval_split"]
+    run_rows, classes = collect(design, bench_cfg, runs)
+    summary = summarise(run_rows)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "runs.csv") as tmp:
         run_rows.to_csv(tmp, index=False, float_format="%.6f")
@@ -285,7 +291,7 @@ def run(cfg: dict, args) -> None:
         summary.to_csv(tmp, index=False, float_format="%.6f")
     figure_miou(design, summary, out / "miou.png")
     figure_per_class(design, classes, out / "per_class.png")
-    figure_examples(design, runs, data, split, out / "examples.png")
+    figure_examples(design, bench_cfg, runs, out / "examples.png")
     found = checks(design, summary)
     text = markdown(design, bench_cfg, summary, param_counts(design, params_files), found, _wall_time(runs),
                     int(run_rows["images"].iloc[0]))
