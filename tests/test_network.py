@@ -210,7 +210,7 @@ def test_frozen_parts_stay_frozen_in_training():
 
 @pytest.mark.parametrize("name", ["aspp", "fca", "fca_nosrm", "ppm", "nonlocal", "largeconv"])
 def test_context_batchnorms_keep_their_initial_statistics(name):
-    model = toy_model(f"model.context={name}").train()
+    model = toy_model(f"model.context={name}", "model.fca_bn=frozen").train()
     bns = [m for m in model.context.modules() if isinstance(m, nn.BatchNorm2d)]
     assert bns and all(isinstance(bn, FrozenStatsBatchNorm2d) for bn in bns)
     model(torch.randn(2, 3, 64, 64))
@@ -218,6 +218,28 @@ def test_context_batchnorms_keep_their_initial_statistics(name):
         assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
         assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
         assert bn.weight.requires_grad
+
+
+@pytest.mark.parametrize("name", ["fca", "fca_nosrm"])
+def test_fca_bn_batch_bounds_the_output_scale_and_frozen_does_not(name):
+    """FCA is linear in its input up to the channel attention: with frozen statistics its output
+    scales with the input; with batch statistics (the toy preset) the output BN normalises it."""
+    x = torch.randn(4, 128, 12, 12)
+    for mode in ("frozen", "batch"):
+        torch.manual_seed(0)
+        fca = build_context({**load_cfg(f"model.context={name}", f"model.fca_bn={mode}")["model"]}, 128)
+        fca.dropout.p = 0.0
+        fca.train()
+        small, large = fca(x).std().item(), fca(100 * x).std().item()
+        bn = fca.bn
+        if mode == "frozen":
+            assert isinstance(bn, FrozenStatsBatchNorm2d) and large > 50 * small
+        else:
+            assert type(bn) is nn.BatchNorm2d and large < 2 * small
+            assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    assert load_cfg()["model"]["fca_bn"] == "batch" and load_cfg("data.name=voc")["model"]["fca_bn"] == "frozen"
+    with pytest.raises(WsssError, match="model.fca_bn"):
+        build_context({**load_cfg()["model"], "fca_bn": "group"}, 128)
 
 
 def test_frozen_stats_batchnorm_is_an_affine():

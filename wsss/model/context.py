@@ -2,7 +2,8 @@
 
 Every module maps ``(B, in_ch, h, w)`` to ``(B, width, h, w)`` with ``width = model.head_channels``
 (256 in the paper). Their BatchNorms keep their initial running stats (always eval mode), so each
-acts as a learnable per-channel affine, as in the public code.
+acts as a learnable per-channel affine, as in the public code; FCA's output BN can instead use
+batch statistics (``model.fca_bn``).
 """
 
 from __future__ import annotations
@@ -83,17 +84,28 @@ class SpatialRecalibration(nn.Module):
         return x + torch.sigmoid(self.conv(stats)) * x
 
 
+FCA_BN = ("frozen", "batch")
+
+
 class FCA(nn.Module):
     """Flexible context aggregation: strip branches re-weighted by one shared channel attention,
-    image pooling, concat -> 1x1 -> BN, optional SRM, Dropout 0.5."""
+    image pooling, concat -> 1x1 -> BN, optional SRM, Dropout 0.5.
 
-    def __init__(self, in_ch: int, width: int, branches: list[list[int]], srm: bool = True):
+    ``bn`` is the output BatchNorm's mode: ``frozen`` (the public code: initial running stats, a
+    learnable affine) or ``batch`` (batch statistics). The strip branches are linear and bias-free,
+    so with ``frozen`` nothing bounds the output's scale; on a backbone trained from scratch it can
+    grow until SF2's semantic flow samples outside the map (see docs/benchmark.md).
+    """
+
+    def __init__(self, in_ch: int, width: int, branches: list[list[int]], srm: bool = True, bn: str = "frozen"):
         super().__init__()
+        if bn not in FCA_BN:
+            raise WsssError(f"key 'model.fca_bn': unknown mode {bn!r} (valid: {', '.join(FCA_BN)})")
         self.branches = nn.ModuleList([StripBranch(in_ch, width, k, d) for k, d in branches])
         self.attention = ChannelAttention(width)
         self.pool = ImagePooling(in_ch, width)
         self.fuse = nn.Conv2d(width * (len(branches) + 1), width, 1, bias=False)
-        self.bn = FrozenStatsBatchNorm2d(width)
+        self.bn = FrozenStatsBatchNorm2d(width) if bn == "frozen" else nn.BatchNorm2d(width)
         self.srm = SpatialRecalibration() if srm else None
         self.dropout = nn.Dropout(0.5)
         kaiming_init(self)
@@ -171,8 +183,8 @@ class LargeConv(nn.Module):
 
 CONTEXTS: dict[str, Callable[[int, dict], nn.Module]] = {
     "aspp": lambda c, m: ASPP(c, m["head_channels"], m["aspp_dilations"]),
-    "fca": lambda c, m: FCA(c, m["head_channels"], m["fca_branches"], srm=True),
-    "fca_nosrm": lambda c, m: FCA(c, m["head_channels"], m["fca_branches"], srm=False),
+    "fca": lambda c, m: FCA(c, m["head_channels"], m["fca_branches"], srm=True, bn=m["fca_bn"]),
+    "fca_nosrm": lambda c, m: FCA(c, m["head_channels"], m["fca_branches"], srm=False, bn=m["fca_bn"]),
     "ppm": lambda c, m: PPM(c, m["head_channels"]),
     "nonlocal": lambda c, m: NonLocal(c, m["head_channels"]),
     "largeconv": lambda c, m: LargeConv(c, m["head_channels"]),
