@@ -94,7 +94,7 @@ class FCA(nn.Module):
     ``bn`` is the output BatchNorm's mode: ``frozen`` (the public code: initial running stats, a
     learnable affine) or ``batch`` (batch statistics). The strip branches are linear and bias-free,
     so with ``frozen`` nothing bounds the output's scale; on a backbone trained from scratch it can
-    grow until SF2's semantic flow samples outside the map (see docs/benchmark.md).
+    grow until SF2's semantic flow samples outside the map (docs/model.md, the benchmark section of the README).
     """
 
     def __init__(self, in_ch: int, width: int, branches: list[list[int]], srm: bool = True, bn: str = "frozen"):
