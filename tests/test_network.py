@@ -193,7 +193,7 @@ def test_gradients_reach_every_new_module():
 
 
 def test_frozen_parts_stay_frozen_in_training():
-    model = toy_model("model.freeze_bn=true", "model.freeze_early=true")
+    model = toy_model("model.freeze_bn=true", "model.freeze_early=true", "model.fca_bn=frozen")
     model.train()
     bb = model.backbone
     assert not any(p.requires_grad for p in bb.stem.parameters())
