@@ -227,7 +227,7 @@ def test_fca_bn_batch_bounds_the_output_scale_and_frozen_does_not(name):
     x = torch.randn(4, 128, 12, 12)
     for mode in ("frozen", "batch"):
         torch.manual_seed(0)
-        fca = build_context({**load_cfg(f"model.context={name}", f"model.fca_bn={mode}")["model"]}, 128)
+        fca = build_context(load_cfg(f"model.context={name}", f"model.fca_bn={mode}")["model"], 128)
         fca.dropout.p = 0.0
         fca.train()
         small, large = fca(x).std().item(), fca(100 * x).std().item()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wsss.errors import WsssError
-from wsss.model.layers import FrozenStatsBatchNorm2d, ImagePooling, conv_bn_relu, kaiming_init, resize_to
+from wsss.model.layers import ImagePooling, batch_norm, conv_bn_relu, kaiming_init, resize_to
 
 
 class ASPP(nn.Module):
@@ -105,7 +105,7 @@ class FCA(nn.Module):
         self.attention = ChannelAttention(width)
         self.pool = ImagePooling(in_ch, width)
         self.fuse = nn.Conv2d(width * (len(branches) + 1), width, 1, bias=False)
-        self.bn = FrozenStatsBatchNorm2d(width) if bn == "frozen" else nn.BatchNorm2d(width)
+        self.bn = batch_norm(width, frozen_stats=bn == "frozen")
         self.srm = SpatialRecalibration() if srm else None
         self.dropout = nn.Dropout(0.5)
         kaiming_init(self)

@@ -19,14 +19,18 @@ class FrozenStatsBatchNorm2d(nn.BatchNorm2d):
                             training=False, momentum=0.0, eps=self.eps)
 
 
+def batch_norm(channels: int, frozen_stats: bool = False) -> nn.BatchNorm2d:
+    """A BatchNorm with batch statistics, or with ``frozen_stats`` a ``FrozenStatsBatchNorm2d``."""
+    return FrozenStatsBatchNorm2d(channels) if frozen_stats else nn.BatchNorm2d(channels)
+
+
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 1, dilation: int = 1, stride: int = 1,
                  bias: bool = False, frozen_stats: bool = False) -> nn.Sequential:
     """Conv (``same`` padding) -> BatchNorm -> ReLU."""
-    norm = FrozenStatsBatchNorm2d if frozen_stats else nn.BatchNorm2d
     pad = dilation * (kernel - 1) // 2
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=pad, dilation=dilation, bias=bias),
-        norm(out_ch),
+        batch_norm(out_ch, frozen_stats),
         nn.ReLU(inplace=True),
     )
 
