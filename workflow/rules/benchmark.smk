@@ -7,7 +7,8 @@
 # table, figures and example page. Runs live under results/benchmark/runs/<variant>/s<seed>/ and use
 # the same stage CLIs as the main DAG, with --results pointing there. Each job takes one core, so
 # `--cores N` trains N runs at once. The runs read params.yaml and the design file only: --configfile
-# overlays do not reach them.
+# overlays do not reach them. With a `backbone` entry in the design, each seed's shared backbone is
+# trained first (results/benchmark/runs/backbone/s<seed>/) and every run of that seed starts from it.
 import shlex
 
 from wsss.benchmark import design as bench_design
@@ -15,7 +16,8 @@ from wsss.benchmark import design as bench_design
 BENCH_DESIGN = "workflow/benchmark.yaml"
 BENCH = bench_design.load(BENCH_DESIGN, ["params.yaml"])
 BENCH_OUT = "results/benchmark"
-BENCH_RUN = BENCH_OUT + "/runs/{variant}/s{seed}"
+BENCH_RUN = bench_design.RUNS + "/{variant}/s{seed}"
+BENCH_BACKBONE_RUN = bench_design.BACKBONE_RUN
 BENCH_DATA_OVERRIDES = [o for o in BENCH.overrides(next(iter(BENCH.variants))) if o.startswith("data.")]
 BENCH_DATA = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["data"]["root"] + "/toy"
 
@@ -68,9 +70,35 @@ rule bench_prepare:
         + " 2>&1 | tee {log}"
 
 
+def bench_backbone(wc):
+    """The shared backbone a run of this seed starts from (none without a `backbone` design entry)."""
+    return [BENCH.backbone_checkpoint(int(wc.seed))] if BENCH.backbone is not None else []
+
+
+rule bench_backbone:
+    input:
+        data=BENCH_DATA,
+        code=stage_code("pretrain"),
+    output:
+        checkpoint=BENCH_BACKBONE_RUN + "/toy/pretrain.pt",
+    params:
+        config=lambda wc: param_slice(bench_design.params.load(["params.yaml"], BENCH.backbone_overrides(int(wc.seed))), "pretrain"),
+        cmd=lambda wc: " ".join(["OMP_NUM_THREADS=1 wsss pretrain --params params.yaml",
+                                 *(f"-S {shlex.quote(o)}" for o in BENCH.backbone_overrides(int(wc.seed))),
+                                 "--results", BENCH_BACKBONE_RUN.format(seed=wc.seed)]),
+    log:
+        BENCH_BACKBONE_RUN + "/logs/pretrain.log",
+    benchmark:
+        BENCH_BACKBONE_RUN + "/benchmarks/pretrain.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
 rule bench_pretrain:
     input:
         data=BENCH_DATA,
+        backbone=bench_backbone,
         code=stage_code("pretrain"),
     output:
         checkpoint=BENCH_RUN + "/toy/pretrain.pt",

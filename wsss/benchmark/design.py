@@ -5,6 +5,11 @@ inferred in every ``inference`` mode, each evaluated without and with CRF. Every
 is params.yaml, then the design's shared ``params``, then its variant's and mode's ``params``, all
 dotted keys typed as ``wsss <stage> -S`` reads them. A variant with ``train: supervise`` is trained by
 ``wsss supervise`` (ground-truth masks) instead of ``pretrain`` + ``train``.
+
+With a ``backbone`` entry, each seed first trains one backbone for classification (``wsss pretrain``
+with the shared ``params`` and then ``backbone.params``), the stand-in for the ImageNet weights of the
+paper's setting; every run of that seed starts from it (``model.pretrained=true``,
+``model.weights=<its checkpoint>``), so the configurations differ in their heads only.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from wsss import config as params
 from wsss.errors import WsssError
 
 TRAINERS = ("weak", "supervise")
-KEYS = {"seeds", "params", "variants", "inference", "reference", "upper_bound", "qualitative"}
+KEYS = {"seeds", "params", "backbone", "variants", "inference", "reference", "upper_bound", "qualitative"}
+RUNS = "results/benchmark/runs"                     # one folder per run: <variant>/s<seed>
+BACKBONE_RUN = RUNS + "/backbone/s{seed}"           # the shared backbone of one seed (not a variant name)
+BACKBONE_NAME = "backbone"
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,16 @@ class Design:
     reference: str        # the variant the ordering checks and per-class figure are about (WS-FCN)
     upper_bound: str      # the fully supervised variant
     qualitative: int      # how many validation images (the first of the sorted split) the example page shows
+    backbone: dict | None = None  # params of the shared per-seed backbone run; None: every run starts from scratch
+
+    def backbone_checkpoint(self, seed: int, dataset: str = "toy") -> str:
+        """Where the shared backbone of ``seed`` is written (its ``wsss pretrain`` checkpoint)."""
+        return f"{BACKBONE_RUN.format(seed=seed)}/{dataset}/pretrain.pt"
+
+    def backbone_overrides(self, seed: int) -> list[str]:
+        """The ``-S`` overrides of the shared backbone run of ``seed``."""
+        merged = {**self.params, **(self.backbone or {}), "train.seed": seed}
+        return [f"{key}={typed_value(value)}" for key, value in merged.items()]
 
     def overrides(self, variant: str, mode: str | None = None, seed: int | None = None) -> list[str]:
         """The ``-S`` overrides of one run (and inference mode), in the order they apply."""
@@ -54,14 +72,17 @@ class Design:
             merged.update(self.modes[mode].params)
         if seed is not None:
             merged["train.seed"] = seed
-        return [f"{key}={_typed(value)}" for key, value in merged.items()]
+            if self.backbone is not None:
+                merged["model.pretrained"] = True
+                merged["model.weights"] = self.backbone_checkpoint(seed)
+        return [f"{key}={typed_value(value)}" for key, value in merged.items()]
 
     def config(self, params_files: list[str], variant: str, mode: str | None = None, seed: int | None = None) -> dict:
         """The resolved configuration of one run, as the stage CLIs will see it."""
         return params.load(params_files, self.overrides(variant, mode, seed))
 
 
-def _typed(value) -> str:
+def typed_value(value) -> str:
     """A value written so that ``wsss -S`` (YAML) reads it back with the same type."""
     if isinstance(value, str):
         return value
@@ -113,8 +134,14 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
     for name in list(variants) + list(modes):
         if not name.replace("_", "").isalnum():
             raise WsssError(f"{path}: name {name!r} must be letters, digits and '_' (it becomes a folder name)")
+    if "backbone" in raw and (not isinstance(raw["backbone"], dict) or set(raw["backbone"]) - {"params"}):
+        raise WsssError(f"{path}: key 'backbone': expected a mapping with one key, 'params', got {raw['backbone']!r}")
     design = Design(path, seeds, _mapping(raw.get("params"), f"{path}: params"), variants, modes,
-                    str(raw.get("reference", "")), str(raw.get("upper_bound", "")), int(raw.get("qualitative", 6)))
+                    str(raw.get("reference", "")), str(raw.get("upper_bound", "")), int(raw.get("qualitative", 6)),
+                    _mapping(raw["backbone"].get("params"), f"{path}: backbone.params")
+                    if isinstance(raw.get("backbone"), dict) else None)
+    if BACKBONE_NAME in variants:
+        raise WsssError(f"{path}: variant name {BACKBONE_NAME!r} is taken by the shared backbone's runs")
     for key in ("reference", "upper_bound"):
         if getattr(design, key) not in variants:
             raise WsssError(f"{path}: key '{key}': {getattr(design, key)!r} is not a variant ({', '.join(variants)})")
@@ -127,4 +154,9 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
                     design.config(params_files, variant, mode, seeds[0])
                 except WsssError as exc:
                     raise WsssError(f"{path}: variant {variant!r}, inference {mode!r}: {exc}") from None
+        if design.backbone is not None:
+            try:
+                params.load(params_files, design.backbone_overrides(seeds[0]))
+            except WsssError as exc:
+                raise WsssError(f"{path}: backbone: {exc}") from None
     return design

@@ -261,6 +261,11 @@ def markdown(design: bench_design.Design, cfg: dict, summary: pd.DataFrame, coun
     for key in SCHEDULE:
         section, name = key.split(".")
         lines.append(f"| {key} | {cfg[section][name]} |")
+    if design.backbone is not None:
+        lines += ["", "Every run starts from its seed's shared backbone: `wsss pretrain` with the settings above, then "
+                  "these (the stand-in for the paper's ImageNet weights; the configurations differ in their heads only):",
+                  "", "| backbone run | value |", "|---|---|"]
+        lines += [f"| {key} | {bench_design.typed_value(value)} |" for key, value in design.backbone.items()]
     for title, column in (("mIoU", "miou"), ("Pixel accuracy", "pixel_acc")):
         lines += ["", f"## {title}", "",
                   "| configuration | params (benchmark size, K) | params (VOC size, M) | " + " | ".join(s[2] for s in settings) + " |",

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wsss.engine import checkpoint
 from wsss.errors import WsssError
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 WR38_WEIGHTS_FILE = "ilsvrc-cls_rna-a1_cls1000_ep-0001.pth"
 # Classifier-only keys of the various weights files: never part of a backbone.
 CLASSIFIER_PREFIXES = ("fc8.", "linear1000.", "fc.")
+# A whole network's state dict (a wsss checkpoint) names its backbone's entries with this prefix.
+BACKBONE_PREFIX = "backbone."
 _SKIPPED_BUFFERS = ("num_batches_tracked",)
 _LIST_LIMIT = 20
 
@@ -28,25 +31,31 @@ def _listing(names: list[str]) -> str:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A tensor state dict from ``path``: plain, or under a ``state_dict`` / ``model`` key;
-    a ``module.`` prefix (DataParallel) is stripped and classifier keys are dropped."""
+    a ``module.`` prefix (DataParallel) is stripped and classifier keys are dropped.
+
+    A wsss checkpoint (``pretrain.pt``, ``train.pt``, ...) gives its backbone: the ``backbone.``
+    entries of its model, prefix stripped. That is how a backbone trained by one run starts another
+    (the benchmark's shared backbone, docs/benchmark.md).
+    """
     path = Path(path)
     if not path.is_file():
         raise WsssError(f"key 'model.weights': weights file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / foreign files
-        raise WsssError(f"key 'model.weights': cannot read {path} as a PyTorch state dict: {exc}") from None
+        try:
+            obj = checkpoint.load(path)  # its RNG state holds numpy arrays: a full load
+        except WsssError:
+            raise WsssError(f"key 'model.weights': cannot read {path} as a PyTorch state dict: {exc}") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WsssError(f"key 'model.weights': {path} does not hold a state dict of tensors")
-    state = {}
-    for key, value in obj.items():
-        key = key[len("module."):] if key.startswith("module.") else key
-        if not key.startswith(CLASSIFIER_PREFIXES):
-            state[key] = value
-    return state
+    obj = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+    if any(k.startswith(BACKBONE_PREFIX) for k in obj):
+        obj = {k[len(BACKBONE_PREFIX):]: v for k, v in obj.items() if k.startswith(BACKBONE_PREFIX)}
+    return {k: v for k, v in obj.items() if not k.startswith(CLASSIFIER_PREFIXES)}
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path, allow_partial: bool = False) -> dict[str, list[str]]:
