@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from wsss.engine import checkpoint
 from wsss.errors import WsssError
 from wsss.model import weights as weights_mod
 from wsss.model.backbones import BACKBONES, build_backbone
@@ -208,6 +209,22 @@ def test_weights_partial_load_is_logged(tmp_path, caplog):
     assert report["mismatched"] and "stage3.0.0.weight" in report["mismatched"][0]
     assert "stem.0.0.weight" in caplog.text
     assert torch.equal(dst.stage2[0][0].weight, src.stage2[0][0].weight)
+
+
+def test_a_wsss_checkpoint_gives_its_backbone(tmp_path):
+    """A pretrain/train checkpoint (numpy RNG state inside, so not a weights-only file) starts another
+    run's backbone: its backbone.* entries load, the head's entries are left out."""
+    src, dst = SmallNet(), SmallNet()
+    model = {f"backbone.{k}": v for k, v in src.state_dict().items()}
+    model["decoder.0.weight"] = torch.ones(4, 4, 1, 1)
+    path = tmp_path / "pretrain.pt"
+    checkpoint.save(path, {"model": model, "signature": {"model": {}}, "rng": checkpoint.rng_state(), "epoch": 2})
+    state = read_state_dict(path)
+    assert set(state) == set(src.state_dict())
+    report = load_backbone_weights(dst, path, allow_partial=False)
+    assert report["missing"] == report["unexpected"] == []
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
 
 
 def test_weights_file_errors(tmp_path):

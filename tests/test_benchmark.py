@@ -43,6 +43,12 @@ def test_the_committed_design_resolves_for_every_run():
     assert design.config(PARAMS, "fca_nosrm")["model"]["fca_srm"] is False
     assert design.config(PARAMS, "cam")["model"]["method"] == "cam"
     assert design.variants["supervised"].trainer == "supervise"
+    weights = design.config(PARAMS, "wsfcn", "ms", 1)["model"]
+    assert weights["pretrained"] is True and weights["weights"] == design.backbone_checkpoint(1), \
+        "every run starts from its seed's shared backbone"
+    backbone = bench_design.params.load(PARAMS, design.backbone_overrides(1))
+    assert backbone["model"]["method"] == "cam" and backbone["train"]["seed"] == 1
+    assert backbone["model"]["pretrained"] is False, "the shared backbone itself starts from scratch"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -52,6 +58,9 @@ def test_the_committed_design_resolves_for_every_run():
     ({"reference": "nope"}, "'reference'"),
     ({"variants": {"x": {"params": {"model.fcaa": False}}}, "reference": "x", "upper_bound": "x"}, "train: supervise"),
     ({"variants": {"bad name": {}}}, "folder name"),
+    ({"backbone": {"param": {"train.epochs": 1}}}, "key 'backbone'"),
+    ({"backbone": {"params": {"train.epochz": 1}}}, "backbone"),
+    ({"variants": {"backbone": {}, "supervised": {"train": "supervise"}}, "reference": "backbone"}, "taken by the shared backbone"),
 ])
 def test_a_bad_design_is_refused_naming_the_key(tmp_path, change, message):
     with pytest.raises(WsssError, match=message):
@@ -141,6 +150,10 @@ def test_reduced_benchmark_runs_end_to_end(tmp_path):
     weights = [torch.load(out / "runs" / "wsfcn" / f"s{seed}" / "toy" / "train.pt", map_location="cpu",
                           weights_only=False)["model"] for seed in (0, 1)]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "seeds give different runs"
+    for seed in (0, 1):
+        backbone = out / "runs" / "backbone" / f"s{seed}" / "toy" / "pretrain.pt"
+        pre = torch.load(out / "runs" / "ssss" / f"s{seed}" / "toy" / "pretrain.pt", map_location="cpu", weights_only=False)
+        assert backbone.is_file() and pre["signature"]["model"]["weights"] == str(backbone.relative_to(repo))
     report = (out / "report.md").read_text()
     for label in ("CAM", "SSSS (ASPP + GCI)", "WS-FCN", "fully supervised", "data.toy.part_contrast"):
         assert label in report
