@@ -46,7 +46,7 @@ def test_the_committed_design_resolves_for_every_run():
     weights = design.config(PARAMS, "wsfcn", "ms", 1)["model"]
     assert weights["pretrained"] is True and weights["weights"] == design.backbone_checkpoint(1), \
         "every run starts from its seed's shared backbone"
-    backbone = bench_design.params.load(PARAMS, design.backbone_overrides(1))
+    backbone = design.backbone_config(PARAMS, 1)
     assert backbone["model"]["method"] == "cam" and backbone["train"]["seed"] == 1
     assert backbone["model"]["pretrained"] is False, "the shared backbone itself starts from scratch"
 

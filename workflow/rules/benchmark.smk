@@ -37,14 +37,19 @@ def bench_params(stage, with_mode=False):
     return pick
 
 
+def bench_shell(stage, overrides, args):
+    """`wsss <stage>` on params.yaml with these `-S` overrides and arguments, one thread."""
+    sets = " ".join(f"-S {shlex.quote(o)}" for o in overrides)
+    return " ".join(["OMP_NUM_THREADS=1", "wsss", stage, "--params params.yaml", sets, *args])
+
+
 def bench_cmd(stage, *extra, with_mode=False):
     """`wsss <stage>` for one run: params.yaml + the design's overrides, one thread, logged."""
 
     def cmd(wc):
         overrides = BENCH.overrides(wc.variant, wc.mode if with_mode else None, int(wc.seed))
-        sets = " ".join(f"-S {shlex.quote(o)}" for o in overrides)
         args = [e.format(model=bench_model_name(wc.variant), **wc) for e in extra]  # params functions get no wildcard formatting of their own
-        return " ".join(["OMP_NUM_THREADS=1", "wsss", stage, "--params params.yaml", sets, *args])
+        return bench_shell(stage, overrides, args)
 
     return cmd
 
@@ -82,10 +87,9 @@ rule bench_backbone:
     output:
         checkpoint=BENCH_BACKBONE_RUN + "/toy/pretrain.pt",
     params:
-        config=lambda wc: param_slice(bench_design.params.load(["params.yaml"], BENCH.backbone_overrides(int(wc.seed))), "pretrain"),
-        cmd=lambda wc: " ".join(["OMP_NUM_THREADS=1 wsss pretrain --params params.yaml",
-                                 *(f"-S {shlex.quote(o)}" for o in BENCH.backbone_overrides(int(wc.seed))),
-                                 "--results", BENCH_BACKBONE_RUN.format(seed=wc.seed)]),
+        config=lambda wc: param_slice(BENCH.backbone_config(["params.yaml"], int(wc.seed)), "pretrain"),
+        cmd=lambda wc: bench_shell("pretrain", BENCH.backbone_overrides(int(wc.seed)),
+                                   ["--results", BENCH_BACKBONE_RUN.format(seed=wc.seed)]),
     log:
         BENCH_BACKBONE_RUN + "/logs/pretrain.log",
     benchmark:

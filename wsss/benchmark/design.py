@@ -24,8 +24,8 @@ from wsss.errors import WsssError
 TRAINERS = ("weak", "supervise")
 KEYS = {"seeds", "params", "backbone", "variants", "inference", "reference", "upper_bound", "qualitative"}
 RUNS = "results/benchmark/runs"                     # one folder per run: <variant>/s<seed>
-BACKBONE_RUN = RUNS + "/backbone/s{seed}"           # the shared backbone of one seed (not a variant name)
-BACKBONE_NAME = "backbone"
+BACKBONE_NAME = "backbone"                          # the shared backbone's folder: not a variant name
+BACKBONE_RUN = f"{RUNS}/{BACKBONE_NAME}/s{{seed}}"  # the shared backbone of one seed
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,11 @@ class Design:
 
     def backbone_overrides(self, seed: int) -> list[str]:
         """The ``-S`` overrides of the shared backbone run of ``seed``."""
-        merged = {**self.params, **(self.backbone or {}), "train.seed": seed}
-        return [f"{key}={typed_value(value)}" for key, value in merged.items()]
+        return _as_overrides({**self.params, **(self.backbone or {}), "train.seed": seed})
+
+    def backbone_config(self, params_files: list[str], seed: int) -> dict:
+        """The resolved configuration of the shared backbone run of ``seed``."""
+        return params.load(params_files, self.backbone_overrides(seed))
 
     def overrides(self, variant: str, mode: str | None = None, seed: int | None = None) -> list[str]:
         """The ``-S`` overrides of one run (and inference mode), in the order they apply."""
@@ -75,11 +78,15 @@ class Design:
             if self.backbone is not None:
                 merged["model.pretrained"] = True
                 merged["model.weights"] = self.backbone_checkpoint(seed)
-        return [f"{key}={typed_value(value)}" for key, value in merged.items()]
+        return _as_overrides(merged)
 
     def config(self, params_files: list[str], variant: str, mode: str | None = None, seed: int | None = None) -> dict:
         """The resolved configuration of one run, as the stage CLIs will see it."""
         return params.load(params_files, self.overrides(variant, mode, seed))
+
+
+def _as_overrides(merged: dict) -> list[str]:
+    return [f"{key}={typed_value(value)}" for key, value in merged.items()]
 
 
 def typed_value(value) -> str:
@@ -134,12 +141,14 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
     for name in list(variants) + list(modes):
         if not name.replace("_", "").isalnum():
             raise WsssError(f"{path}: name {name!r} must be letters, digits and '_' (it becomes a folder name)")
-    if "backbone" in raw and (not isinstance(raw["backbone"], dict) or set(raw["backbone"]) - {"params"}):
-        raise WsssError(f"{path}: key 'backbone': expected a mapping with one key, 'params', got {raw['backbone']!r}")
+    backbone = None
+    if "backbone" in raw:
+        if not isinstance(raw["backbone"], dict) or set(raw["backbone"]) - {"params"}:
+            raise WsssError(f"{path}: key 'backbone': expected a mapping with one key, 'params', got {raw['backbone']!r}")
+        backbone = _mapping(raw["backbone"].get("params"), f"{path}: backbone.params")
     design = Design(path, seeds, _mapping(raw.get("params"), f"{path}: params"), variants, modes,
                     str(raw.get("reference", "")), str(raw.get("upper_bound", "")), int(raw.get("qualitative", 6)),
-                    _mapping(raw["backbone"].get("params"), f"{path}: backbone.params")
-                    if isinstance(raw.get("backbone"), dict) else None)
+                    backbone)
     if BACKBONE_NAME in variants:
         raise WsssError(f"{path}: variant name {BACKBONE_NAME!r} is taken by the shared backbone's runs")
     for key in ("reference", "upper_bound"):
@@ -156,7 +165,7 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
                     raise WsssError(f"{path}: variant {variant!r}, inference {mode!r}: {exc}") from None
         if design.backbone is not None:
             try:
-                params.load(params_files, design.backbone_overrides(seeds[0]))
+                design.backbone_config(params_files, seeds[0])
             except WsssError as exc:
                 raise WsssError(f"{path}: backbone: {exc}") from None
     return design

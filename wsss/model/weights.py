@@ -35,7 +35,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     A wsss checkpoint (``pretrain.pt``, ``train.pt``, ...) gives its backbone: the ``backbone.``
     entries of its model, prefix stripped. That is how a backbone trained by one run starts another
-    (the benchmark's shared backbone, docs/benchmark.md).
+    (the benchmark's shared backbone, workflow/benchmark.yaml).
     """
     path = Path(path)
     if not path.is_file():
