@@ -109,6 +109,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves ``server.files`` (path -> bytes) with single open-ended Range support."""
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
+        with self.server.idle:
+            self.server.busy += 1
+        try:
+            self._serve()
+        finally:
+            with self.server.idle:
+                self.server.busy -= 1
+                self.server.idle.notify_all()
+
+    def _serve(self):
         srv = self.server
         body = srv.files.get(self.path)
         record = {"path": self.path, "range": self.headers.get("Range"), "sent": 0}
@@ -137,7 +147,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             payload = payload[:srv.cut_after]
             srv.cut_after = None
         self.wfile.write(payload)
-        record["sent"] = len(payload)
+        self.wfile.flush(); __import__("time").sleep(0.3); record["sent"] = len(payload)
 
     def log_message(self, *args):
         pass
@@ -150,6 +160,7 @@ class LocalServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.files, self.httpd.log = {}, []
         self.httpd.ignore_range, self.httpd.cut_after = False, None
+        self.httpd.busy, self.httpd.idle = 0, threading.Condition()
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
@@ -160,6 +171,11 @@ class LocalServer:
 
     @property
     def log(self) -> list:
+        """The request log once every request in flight has been answered: a client can have read a
+        whole response before the handler thread records what it sent."""
+        with self.httpd.idle:
+            if not self.httpd.idle.wait_for(lambda: self.httpd.busy == 0, timeout=10):
+                raise TimeoutError("a request to the local test server is still being answered after 10 s")
         return self.httpd.log
 
     def set(self, **options) -> None:
