@@ -3,6 +3,7 @@ reduced end-to-end run of the Snakemake target (every variant, two seeds, on a t
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 from test_engines import BIN, REPO, make_copy, sh
 from test_training import wsss
 from wsss.benchmark import design as bench_design
+from wsss.benchmark import probes, report
 from wsss.benchmark.report import checks, summarise
 from wsss.errors import WsssError
 
@@ -28,6 +30,8 @@ TINY = {
 
 def write_design(path: Path, **changes) -> Path:
     raw = yaml.safe_load((REPO / "workflow" / "benchmark.yaml").read_text())
+    if "variants" in changes and "probes" not in changes:
+        del raw["probes"]  # they name the committed variants
     raw.update(changes)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -49,6 +53,11 @@ def test_the_committed_design_resolves_for_every_run():
     backbone = design.backbone_config(PARAMS, 1)
     assert backbone["model"]["method"] == "cam" and backbone["train"]["seed"] == 1
     assert backbone["model"]["pretrained"] is False, "the shared backbone itself starts from scratch"
+    assert {"cam", "ssss", "wsfcn", "supervised"} <= set(design.probe_variants)
+    single = design.config(PARAMS, "wsfcn", "x2", 0)["infer"]
+    assert single["scales"] == [2.0] and single["flip"] is False, "a probe's params apply like a mode's"
+    own = design.config(PARAMS, "ssss", "ss_ownbg", 0)["infer"]
+    assert (own["background"], own["bg_power"], own["scales"]) == ("power", 1.0, [1.0])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -61,6 +70,10 @@ def test_the_committed_design_resolves_for_every_run():
     ({"backbone": {"param": {"train.epochs": 1}}}, "key 'backbone'"),
     ({"backbone": {"params": {"train.epochz": 1}}}, "backbone"),
     ({"variants": {"backbone": {}, "supervised": {"train": "supervise"}}, "reference": "backbone"}, "taken by the shared backbone"),
+    ({"probes": {"variants": ["wsfcn"]}}, "key 'probes'"),
+    ({"probes": {"variants": ["nope"], "inference": {"p": {}}}}, r"'probes.variants': 'nope' is not a variant"),
+    ({"probes": {"variants": ["wsfcn"], "inference": {"ss": {}}}}, "probe 'ss' is already an inference mode"),
+    ({"probes": {"variants": ["wsfcn"], "inference": {"p": {"params": {"infer.scalez": [1.0]}}}}}, r"probe 'p'.*infer\.scalez"),
 ])
 def test_a_bad_design_is_refused_naming_the_key(tmp_path, change, message):
     with pytest.raises(WsssError, match=message):
@@ -73,6 +86,26 @@ def test_an_unknown_parameter_in_a_variant_names_the_variant_and_key(tmp_path):
     (tmp_path / "d.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(WsssError, match=r"variant 'fca'.*model\.fca_srn"):
         bench_design.load(tmp_path / "d.yaml", PARAMS)
+
+
+def test_the_report_job_time_leaves_out_the_probes(tmp_path):
+    design = bench_design.load(REPO / "workflow" / "benchmark.yaml")
+    folder = tmp_path / "wsfcn" / "s0" / "benchmarks"
+    folder.mkdir(parents=True)
+    for name, seconds in (("train", 30.0), ("ss_infer", 10.0), ("x2_infer", 100.0), ("ss_ownbg_crf", 50.0)):
+        (folder / f"{name}.tsv").write_text(f"s\th:m:s\n{seconds}\t0:00:00\n")
+    assert report.job_time(design, tmp_path) == (pytest.approx(40.0), 2)
+
+
+def test_probes_without_a_probes_entry_name_the_design(tmp_path):
+    raw = yaml.safe_load((REPO / "workflow" / "benchmark.yaml").read_text())
+    del raw["probes"]
+    design = tmp_path / "design.yaml"
+    design.write_text(yaml.safe_dump(raw))
+    args = argparse.Namespace(params=PARAMS, design=str(design), runs=str(tmp_path / "runs"), out=str(tmp_path / "out"))
+    with pytest.raises(WsssError, match=f"{design}: no 'probes' entry"):
+        probes.run({}, args)
+    assert not (tmp_path / "out").exists()
 
 
 def _summary(values: dict[tuple[str, str, bool], float]) -> pd.DataFrame:
@@ -135,6 +168,7 @@ def test_reduced_benchmark_runs_end_to_end(tmp_path):
     raw["variants"] = {k: v for k, v in raw["variants"].items() if k in ("cam", "ssss", "wsfcn", "supervised")}
     raw["params"] = dict(TINY)
     raw["inference"]["ms"]["params"] = {"infer.scales": [1.0, 0.5]}
+    raw["probes"] = {"variants": ["wsfcn"], "inference": {k: raw["probes"]["inference"][k] for k in ("x2", "ss_ownbg")}}
     (repo / "workflow" / "benchmark.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     sh([str(BIN / "snakemake"), "--cores", "2", "results/benchmark/report.md"], repo, timeout=1500)
 
@@ -164,5 +198,24 @@ def test_reduced_benchmark_runs_end_to_end(tmp_path):
         assert (out / name).stat().st_size > 5000
     # the main DAG's outputs are untouched, and a second call has nothing to do
     assert not (repo / "results" / "toy").exists()
+    dry = sh([str(BIN / "snakemake"), "-n", "--cores", "2", "results/benchmark/report.md"], repo).stdout
+    assert "Nothing to be done" in dry
+
+    # the probes: more inference modes on the trained models, no training, the main report left as it is
+    trained = (out / "runs" / "wsfcn" / "s0" / "toy" / "train.pt").stat().st_mtime_ns
+    sh([str(BIN / "snakemake"), "--cores", "2", "results/benchmark/probes.md"], repo, timeout=600)
+    assert (out / "runs" / "wsfcn" / "s0" / "toy" / "train.pt").stat().st_mtime_ns == trained
+    probes = pd.read_csv(out / "probes.csv")
+    assert len(probes) == 1 * 2 * 4 * 2  # probe variants x seeds x (main modes + probes) x (raw, CRF)
+    assert set(probes["mode"]) == {"ss", "ms", "x2", "ss_ownbg"} and probes["background_iou"].between(0, 1).all()
+    own = json.loads((out / "runs" / "wsfcn" / "s0" / "ss_ownbg" / "metrics" / "toy_val.json").read_text())
+    row = probes[(probes["mode"] == "ss_ownbg") & (probes["seed"] == 0) & ~probes["crf"]]
+    assert row["miou"].iloc[0] == pytest.approx(own["miou"], abs=1e-6)
+    main = probes[(probes["mode"] == "ms") & probes["crf"] & (probes["seed"] == 1)]["miou"].iloc[0]
+    assert main == pytest.approx(ws[ws["seed"] == 1]["miou"].iloc[0], abs=1e-6), "main modes are read, not re-run"
+    text = (out / "probes.md").read_text()
+    assert "scale 2.0" in text and "single scale, own background" in text and "infer.bg_power=1.0" in text
+    assert (out / "probes.png").stat().st_size > 5000
+    assert not (out / "runs" / "ssss" / "s0" / "x2").exists(), "probes run on probes.variants only"
     dry = sh([str(BIN / "snakemake"), "-n", "--cores", "2", "results/benchmark/report.md"], repo).stdout
     assert "Nothing to be done" in dry

@@ -20,6 +20,8 @@ STAGES = {
     "evaluate": ("wsss.stages.evaluate", "confusion matrix, per-class IoU, mIoU and pixel accuracy, raw and CRF"),
     "benchmark-report": ("wsss.benchmark.report", "the ablation benchmark's table, orderings, figures and examples "
                                                   "(run by the results/benchmark/report.md target)"),
+    "benchmark-probes": ("wsss.benchmark.probes", "the benchmark's diagnostic inference modes beside the main ones "
+                                                  "(run by the results/benchmark/probes.md target)"),
     "model-info": ("wsss.stages.model_info", "parameter counts and output shapes of the configured model (JSON)"),
 }
 
@@ -34,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "repeat to overlay files, later ones win")
         p.add_argument("-S", "--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
                        help="override a parameter, typed as in `dvc exp run -S` (e.g. -S model.fca=false)")
-        if name not in ("prepare", "model-info", "benchmark-report"):
+        if name not in ("prepare", "model-info", "benchmark-report", "benchmark-probes"):
             p.add_argument("--results", default="results", metavar="DIR",
                            help="root of this stage's inputs and outputs from earlier stages (default: results)")
         if name == "infer":
             p.add_argument("--checkpoint", default=None, metavar="PATH",
                            help="the model to run (default: <results>/<dataset>/train.pt); e.g. a `wsss supervise` checkpoint")
-        if name == "benchmark-report":
+        if name in ("benchmark-report", "benchmark-probes"):
             p.add_argument("--design", default="workflow/benchmark.yaml", metavar="PATH", help="the benchmark design file")
             p.add_argument("--runs", default="results/benchmark/runs", metavar="DIR", help="where the runs are")
             p.add_argument("--out", default="results/benchmark", metavar="DIR", help="where the report goes")

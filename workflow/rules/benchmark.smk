@@ -9,6 +9,9 @@
 # `--cores N` trains N runs at once. The runs read params.yaml and the design file only: --configfile
 # overlays do not reach them. With a `backbone` entry in the design, each seed's shared backbone is
 # trained first (results/benchmark/runs/backbone/s<seed>/) and every run of that seed starts from it.
+# The design's probes (more inference modes on some variants' trained models) run only for
+#
+#     snakemake --cores 2 results/benchmark/probes.md
 import shlex
 
 from wsss.benchmark import design as bench_design
@@ -24,7 +27,7 @@ BENCH_DATA = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["da
 
 wildcard_constraints:
     variant="|".join(BENCH.variants),
-    mode="|".join(BENCH.modes),
+    mode="|".join([*BENCH.modes, *BENCH.probes]),
     seed=r"\d+",
 
 
@@ -230,3 +233,19 @@ rule bench_report:
         BENCH_OUT + "/logs/report.log",
     shell:
         "wsss benchmark-report --params params.yaml --design {input.design} --runs {BENCH_OUT}/runs --out {BENCH_OUT} 2>&1 | tee {log}"
+
+
+rule bench_probes:
+    input:
+        design=BENCH_DESIGN,
+        metrics=expand(BENCH_RUN + "/{mode}/metrics/toy_val.json", variant=BENCH.probe_variants, seed=BENCH.seeds,
+                       mode=[*BENCH.modes, *BENCH.probes]),
+        code=["wsss/benchmark/design.py", "wsss/benchmark/report.py", "wsss/benchmark/probes.py"],
+    output:
+        report=BENCH_OUT + "/probes.md",
+        runs=BENCH_OUT + "/probes.csv",
+        figure=BENCH_OUT + "/probes.png",
+    log:
+        BENCH_OUT + "/logs/probes.log",
+    shell:
+        "wsss benchmark-probes --params params.yaml --design {input.design} --runs {BENCH_OUT}/runs --out {BENCH_OUT} 2>&1 | tee {log}"

@@ -10,19 +10,23 @@ With a ``backbone`` entry, each seed first trains one backbone for classificatio
 with the shared ``params`` and then ``backbone.params``), the stand-in for the ImageNet weights of the
 paper's setting; every run of that seed starts from it (``model.pretrained=true``,
 ``model.weights=<its checkpoint>``), so the configurations differ in their heads only.
+
+A ``probes`` entry names more inference modes (``probes.inference``, written like ``inference``) that
+are run, on request only, on the trained models of some variants (``probes.variants``): diagnostics
+such as one scale at a time, which the main report does not wait for.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wsss import config as params
 from wsss.errors import WsssError
 
 TRAINERS = ("weak", "supervise")
-KEYS = {"seeds", "params", "backbone", "variants", "inference", "reference", "upper_bound", "qualitative"}
+KEYS = {"seeds", "params", "backbone", "variants", "inference", "probes", "reference", "upper_bound", "qualitative"}
 RUNS = "results/benchmark/runs"                     # one folder per run: <variant>/s<seed>
 BACKBONE_NAME = "backbone"                          # the shared backbone's folder: not a variant name
 BACKBONE_RUN = f"{RUNS}/{BACKBONE_NAME}/s{{seed}}"  # the shared backbone of one seed
@@ -54,6 +58,12 @@ class Design:
     upper_bound: str      # the fully supervised variant
     qualitative: int      # how many validation images (the first of the sorted split) the example page shows
     backbone: dict | None = None  # params of the shared per-seed backbone run; None: every run starts from scratch
+    probes: dict[str, Mode] = field(default_factory=dict)  # inference modes run on request only (diagnostics)
+    probe_variants: list[str] = field(default_factory=list)  # the variants the probes run on
+
+    def mode(self, name: str) -> Mode:
+        """An inference mode of the main table or a probe."""
+        return self.modes[name] if name in self.modes else self.probes[name]
 
     def backbone_checkpoint(self, seed: int, dataset: str = "toy") -> str:
         """Where the shared backbone of ``seed`` is written (its ``wsss pretrain`` checkpoint)."""
@@ -72,7 +82,7 @@ class Design:
         merged = dict(self.params)
         merged.update(self.variants[variant].params)
         if mode is not None:
-            merged.update(self.modes[mode].params)
+            merged.update(self.mode(mode).params)
         if seed is not None:
             merged["train.seed"] = seed
             if self.backbone is not None:
@@ -119,6 +129,30 @@ def _entries(node, where: str) -> dict[str, dict]:
     return out
 
 
+def _modes(node, where: str) -> dict[str, Mode]:
+    return {name: Mode(name, str(e.get("label", name)), _mapping(e.get("params"), f"{where}.{name}.params"))
+            for name, e in _entries(node, where).items()}
+
+
+def _probes(raw, path: Path, variants: dict, modes: dict) -> tuple[dict[str, Mode], list[str]]:
+    if "probes" not in raw:
+        return {}, []
+    node = raw["probes"]
+    if not isinstance(node, dict) or set(node) != {"variants", "inference"}:
+        raise WsssError(f"{path}: key 'probes': expected a mapping with the keys 'variants' and 'inference', got {node!r}")
+    names = node["variants"]
+    if not isinstance(names, list) or not names:
+        raise WsssError(f"{path}: key 'probes.variants': expected a non-empty list of variant names, got {names!r}")
+    for name in names:
+        if name not in variants:
+            raise WsssError(f"{path}: key 'probes.variants': {name!r} is not a variant ({', '.join(variants)})")
+    probes = _modes(node["inference"], f"{path}: probes.inference")
+    for name in probes:
+        if name in modes:
+            raise WsssError(f"{path}: probe {name!r} is already an inference mode (its runs would share a folder)")
+    return probes, [str(n) for n in names]
+
+
 def load(path: str | Path, params_files: list[str] | None = None) -> Design:
     """Read and check a design file; with ``params_files``, also resolve every run's configuration."""
     path = Path(path)
@@ -136,9 +170,9 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
         if trainer not in TRAINERS:
             raise WsssError(f"{path}: key 'variants.{name}.train': {trainer!r} is not allowed (allowed: {', '.join(TRAINERS)})")
         variants[name] = Variant(name, str(entry.get("label", name)), _mapping(entry.get("params"), f"{path}: variants.{name}.params"), trainer)
-    modes = {name: Mode(name, str(e.get("label", name)), _mapping(e.get("params"), f"{path}: inference.{name}.params"))
-             for name, e in _entries(raw.get("inference"), f"{path}: inference").items()}
-    for name in list(variants) + list(modes):
+    modes = _modes(raw.get("inference"), f"{path}: inference")
+    probes, probe_variants = _probes(raw, path, variants, modes)
+    for name in list(variants) + list(modes) + list(probes):
         if not name.replace("_", "").isalnum():
             raise WsssError(f"{path}: name {name!r} must be letters, digits and '_' (it becomes a folder name)")
     backbone = None
@@ -148,7 +182,7 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
         backbone = _mapping(raw["backbone"].get("params"), f"{path}: backbone.params")
     design = Design(path, seeds, _mapping(raw.get("params"), f"{path}: params"), variants, modes,
                     str(raw.get("reference", "")), str(raw.get("upper_bound", "")), int(raw.get("qualitative", 6)),
-                    backbone)
+                    backbone, probes, probe_variants)
     if BACKBONE_NAME in variants:
         raise WsssError(f"{path}: variant name {BACKBONE_NAME!r} is taken by the shared backbone's runs")
     for key in ("reference", "upper_bound"):
@@ -157,12 +191,13 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
     if variants[design.upper_bound].trainer != "supervise":
         raise WsssError(f"{path}: key 'upper_bound': variant {design.upper_bound!r} must have 'train: supervise'")
     if params_files is not None:
-        for variant in variants:
-            for mode in modes:
-                try:
-                    design.config(params_files, variant, mode, seeds[0])
-                except WsssError as exc:
-                    raise WsssError(f"{path}: variant {variant!r}, inference {mode!r}: {exc}") from None
+        runs = [(variant, mode, "inference") for variant in variants for mode in modes]
+        runs += [(variant, probe, "probe") for variant in probe_variants for probe in probes]
+        for variant, mode, kind in runs:
+            try:
+                design.config(params_files, variant, mode, seeds[0])
+            except WsssError as exc:
+                raise WsssError(f"{path}: variant {variant!r}, {kind} {mode!r}: {exc}") from None
         if design.backbone is not None:
             try:
                 design.backbone_config(params_files, seeds[0])

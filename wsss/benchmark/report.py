@@ -45,12 +45,14 @@ def run_paths(cfg: dict, runs: Path, variant: str, seed: int, mode: str) -> Stag
     return for_config(cfg, runs / variant / f"s{seed}" / mode)
 
 
-def collect(design: bench_design.Design, cfg: dict, runs: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-run scores (one row per variant, seed, mode, crf) and per-class IoU (one row per class and run)."""
+def collect(design: bench_design.Design, cfg: dict, runs: Path, variants: list[str] | None = None,
+            modes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-run scores (one row per variant, seed, mode, crf) and per-class IoU (one row per class and run),
+    for the given variants and modes (default: the main table's)."""
     rows, classes = [], []
-    for variant in design.variants:
+    for variant in variants or list(design.variants):
         for seed in design.seeds:
-            for mode in design.modes:
+            for mode in modes or list(design.modes):
                 paths = run_paths(cfg, runs, variant, seed, mode)
                 folder = paths.results
                 try:
@@ -95,7 +97,7 @@ def param_counts(design: bench_design.Design, params_files: list[str]) -> dict[s
     return counts
 
 
-def _cell(mean: float, std: float) -> str:
+def cell(mean: float, std: float) -> str:
     return f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
 
 
@@ -138,23 +140,23 @@ def checks(design: bench_design.Design, summary: pd.DataFrame) -> list[tuple[str
     return out
 
 
-def _wall_time(runs: Path) -> tuple[float, float]:
-    """(sum of job seconds, span from the first job's start to the last job's end) from Snakemake's benchmark files."""
-    total, starts, ends = 0.0, [], []
+def job_time(design: bench_design.Design, runs: Path) -> tuple[float, int]:
+    """(sum of job seconds, number of jobs) from Snakemake's benchmark files: training and the main
+    table's inference modes, not the probes. File times are not used: a copy or checkout resets them."""
+    total, jobs = 0.0, 0
     for tsv in runs.glob("*/s*/benchmarks/*.tsv"):
+        if any(tsv.stem.startswith(f"{probe}_") for probe in design.probes):  # <probe>_<stage>.tsv
+            continue
         try:
-            seconds = float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+            total += float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
         except (KeyError, IndexError, ValueError, pd.errors.ParserError):
             continue
-        end = tsv.stat().st_mtime
-        total += seconds
-        starts.append(end - seconds)
-        ends.append(end)
-    return total, (max(ends) - min(starts)) if ends else float("nan")
+        jobs += 1
+    return total, jobs
 
 
 def figure_miou(design: bench_design.Design, summary: pd.DataFrame, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     settings = _settings(design)
     variants = list(design.variants)
     fig, ax = plt.subplots(figsize=(1.6 * len(variants) + 2, 4.2))
@@ -171,11 +173,11 @@ def figure_miou(design: bench_design.Design, summary: pd.DataFrame, path: Path) 
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=2, loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def figure_per_class(design: bench_design.Design, classes: pd.DataFrame, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     mode = list(design.modes)[-1]
     picked = classes[(classes["mode"] == mode) & classes["crf"]]
     names = list(dict.fromkeys(picked["class"]))
@@ -191,11 +193,11 @@ def figure_per_class(design: bench_design.Design, classes: pd.DataFrame, path: P
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def figure_examples(design: bench_design.Design, cfg: dict, runs: Path, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     mode, seed = list(design.modes)[-1], design.seeds[0]
     split = cfg["data"]["eval_split"]
     data = for_config(cfg).data
@@ -225,10 +227,10 @@ def figure_examples(design: bench_design.Design, cfg: dict, runs: Path, path: Pa
                 ax.set_ylabel(name, fontsize=7)
     fig.suptitle(f"{split} images, seed {seed}, {design.modes[mode].label}", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (imported when a figure is drawn, not at start-up)."""
     import matplotlib
 
@@ -238,24 +240,24 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
-    plt = _pyplot()
+def save_figure(fig, path: Path) -> None:
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
 def markdown(design: bench_design.Design, cfg: dict, summary: pd.DataFrame, counts: dict, found: list,
-             times: tuple[float, float], images: int) -> str:
+             times: tuple[float, int], images: int) -> str:
     settings = _settings(design)
     lines = ["# Ablation benchmark on the embedded dataset", "",
              "Made by `snakemake --cores 2 results/benchmark/report.md` from `params.yaml` and "
              f"`{design.path.as_posix()}` (the design: seeds, schedule, configurations, inference modes). "
              f"Seeds: {', '.join(map(str, design.seeds))}; {images} validation images; mean ± sample std over seeds.", ""]
-    total, span = times
-    if not math.isnan(span):
-        lines += [f"Time: {span / 60:.1f} min from the first job's start to the last job's end; "
-                  f"{total / 60:.1f} min of job time in total (Snakemake benchmark files).", ""]
+    total, jobs = times
+    if jobs:
+        lines += [f"Job time: {total / 60:.1f} min over {jobs} jobs (Snakemake benchmark files); with `--cores N` "
+                  "the wall time is at least that divided by N.", ""]
     lines += ["## Dataset difficulty knobs (`data.toy`) and schedule", "", "| key | value |", "|---|---|"]
     lines += [f"| data.toy.{k} | {cfg['data']['toy'][k]} |" for k in KNOBS]
     for key in SCHEDULE:
@@ -271,7 +273,7 @@ def markdown(design: bench_design.Design, cfg: dict, summary: pd.DataFrame, coun
                   "| configuration | params (benchmark size, K) | params (VOC size, M) | " + " | ".join(s[2] for s in settings) + " |",
                   "|---|---:|---:|" + "---:|" * len(settings)]
         for variant, spec in design.variants.items():
-            cells = [_cell(_mean(summary, variant, m, c, f"{column}_mean"), _mean(summary, variant, m, c, f"{column}_std"))
+            cells = [cell(_mean(summary, variant, m, c, f"{column}_mean"), _mean(summary, variant, m, c, f"{column}_std"))
                      for m, c, _ in settings]
             toy, voc = counts[variant]
             lines.append(f"| {spec.label} | {toy:.1f} | {voc:.2f} | " + " | ".join(cells) + " |")
@@ -298,7 +300,7 @@ def run(cfg: dict, args) -> None:
     figure_per_class(design, classes, out / "per_class.png")
     figure_examples(design, bench_cfg, runs, out / "examples.png")
     found = checks(design, summary)
-    text = markdown(design, bench_cfg, summary, param_counts(design, params_files), found, _wall_time(runs),
+    text = markdown(design, bench_cfg, summary, param_counts(design, params_files), found, job_time(design, runs),
                     int(run_rows["images"].iloc[0]))
     write_text(out / "report.md", text)
     print(text)
