@@ -27,7 +27,7 @@ BENCH_DATA = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["da
 
 wildcard_constraints:
     variant="|".join(BENCH.variants),
-    mode="|".join([*BENCH.modes, *BENCH.probes]),
+    mode="|".join(BENCH.all_modes),
     seed=r"\d+",
 
 
@@ -239,7 +239,7 @@ rule bench_probes:
     input:
         design=BENCH_DESIGN,
         metrics=expand(BENCH_RUN + "/{mode}/metrics/toy_val.json", variant=BENCH.probe_variants, seed=BENCH.seeds,
-                       mode=[*BENCH.modes, *BENCH.probes]),
+                       mode=BENCH.all_modes),
         code=["wsss/benchmark/design.py", "wsss/benchmark/report.py", "wsss/benchmark/probes.py"],
     output:
         report=BENCH_OUT + "/probes.md",

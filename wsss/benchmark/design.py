@@ -61,6 +61,11 @@ class Design:
     probes: dict[str, Mode] = field(default_factory=dict)  # inference modes run on request only (diagnostics)
     probe_variants: list[str] = field(default_factory=list)  # the variants the probes run on
 
+    @property
+    def all_modes(self) -> list[str]:
+        """The main table's inference modes, then the probes."""
+        return [*self.modes, *self.probes]
+
     def mode(self, name: str) -> Mode:
         """An inference mode of the main table or a probe."""
         return self.modes[name] if name in self.modes else self.probes[name]

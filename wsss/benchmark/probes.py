@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from wsss.benchmark import design as bench_design
-from wsss.benchmark.report import cell, collect, pyplot, save_figure
+from wsss.benchmark.report import collect, pyplot, save_figure, summarise, summary_cell, summary_value
 from wsss.errors import WsssError
 from wsss.utils.atomic import atomic_path, write_text
 
@@ -27,26 +27,14 @@ BACKGROUND = "background"
 
 def scores(design: bench_design.Design, cfg: dict, runs: Path) -> pd.DataFrame:
     """One row per probe variant, seed, mode (main modes first, then probes) and CRF, with background IoU."""
-    modes = [*design.modes, *design.probes]
+    modes = design.all_modes
     rows, classes = collect(design, cfg, runs, design.probe_variants, modes)
     bg = classes[classes["class"] == BACKGROUND].drop(columns="class").rename(columns={"iou": "background_iou"})
     return rows.merge(bg, on=["variant", "seed", "mode", "crf"], how="left")
 
 
-def summarise(rows: pd.DataFrame) -> pd.DataFrame:
-    grouped = rows.groupby(["variant", "mode", "crf"], sort=False)
-    return grouped.agg(miou_mean=("miou", "mean"), miou_std=("miou", "std"),
-                       background_iou_mean=("background_iou", "mean"), background_iou_std=("background_iou", "std"),
-                       seeds=("seed", "nunique")).reset_index()
-
-
-def _value(summary: pd.DataFrame, variant: str, mode: str, crf: bool, column: str) -> float:
-    row = summary[(summary["variant"] == variant) & (summary["mode"] == mode) & (summary["crf"] == crf)]
-    return float(row[column].iloc[0])
-
-
 def markdown(design: bench_design.Design, summary: pd.DataFrame, images: int) -> str:
-    modes = [*design.modes, *design.probes]
+    modes = design.all_modes
     lines = ["# Benchmark probes", "",
              "Made by `snakemake --cores 2 results/benchmark/probes.md` from the trained models of the benchmark "
              f"(`{design.path.as_posix()}`, key `probes`): more inference modes on the same checkpoints. "
@@ -61,8 +49,7 @@ def markdown(design: bench_design.Design, summary: pd.DataFrame, images: int) ->
         lines += ["", f"## {title}", "", "| configuration | " + " | ".join(design.mode(m).label for m in modes) + " |",
                   "|---|" + "---:|" * len(modes)]
         for variant in design.probe_variants:
-            cells = [cell(_value(summary, variant, m, crf, f"{column}_mean"), _value(summary, variant, m, crf, f"{column}_std"))
-                     for m in modes]
+            cells = [summary_cell(summary, variant, m, crf, column) for m in modes]
             lines.append(f"| {design.variants[variant].label} | " + " | ".join(cells) + " |")
     lines += ["", "![mIoU per mode](probes.png)", ""]
     return "\n".join(lines)
@@ -70,15 +57,15 @@ def markdown(design: bench_design.Design, summary: pd.DataFrame, images: int) ->
 
 def figure(design: bench_design.Design, summary: pd.DataFrame, path: Path) -> None:
     plt = pyplot()
-    modes = [*design.modes, *design.probes]
+    modes = design.all_modes
     variants = design.probe_variants
     fig, axes = plt.subplots(1, 2, figsize=(2.2 * len(variants) + 3, 4.8), sharey=True)
     width = 0.8 / len(modes)
     colors = plt.cm.tab10(np.arange(len(modes)) % 10)
     for ax, crf in zip(axes, (False, True)):
         for i, mode in enumerate(modes):
-            means = [_value(summary, v, mode, crf, "miou_mean") for v in variants]
-            stds = [_value(summary, v, mode, crf, "miou_std") for v in variants]
+            means = [summary_value(summary, v, mode, crf, "miou_mean") for v in variants]
+            stds = [summary_value(summary, v, mode, crf, "miou_std") for v in variants]
             xs = np.arange(len(variants)) + (i - (len(modes) - 1) / 2) * width
             ax.bar(xs, means, width, yerr=np.nan_to_num(stds), capsize=2, label=design.mode(mode).label, color=colors[i])
         ax.set_xticks(np.arange(len(variants)), [design.variants[v].label for v in variants], rotation=15, ha="right")
@@ -99,7 +86,7 @@ def run(cfg: dict, args) -> None:
         raise WsssError(f"{args.design}: no 'probes' entry: nothing to report")
     runs, out = Path(args.runs), Path(args.out)
     rows = scores(design, design.config(params_files, design.reference), runs)
-    summary = summarise(rows)
+    summary = summarise(rows, ("miou", "background_iou"))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "probes.csv") as tmp:
         rows.to_csv(tmp, index=False, float_format="%.6f")

@@ -72,11 +72,11 @@ def collect(design: bench_design.Design, cfg: dict, runs: Path, variants: list[s
     return pd.DataFrame(rows), pd.DataFrame(classes)
 
 
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, metrics: tuple[str, ...] = ("miou", "pixel_acc")) -> pd.DataFrame:
+    """Mean and sample std over seeds of each metric column, per variant, mode and CRF."""
     grouped = runs.groupby(["variant", "mode", "crf"], sort=False)
-    out = grouped.agg(miou_mean=("miou", "mean"), miou_std=("miou", "std"), pixel_acc_mean=("pixel_acc", "mean"),
-                      pixel_acc_std=("pixel_acc", "std"), seeds=("seed", "nunique")).reset_index()
-    return out
+    stats = {f"{m}_{stat}": (m, stat) for m in metrics for stat in ("mean", "std")}
+    return grouped.agg(**stats, seeds=("seed", "nunique")).reset_index()
 
 
 def param_counts(design: bench_design.Design, params_files: list[str]) -> dict[str, tuple[float, float]]:
@@ -97,13 +97,16 @@ def param_counts(design: bench_design.Design, params_files: list[str]) -> dict[s
     return counts
 
 
-def cell(mean: float, std: float) -> str:
-    return f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
-
-
-def _mean(summary: pd.DataFrame, variant: str, mode: str, crf: bool, column: str = "miou_mean") -> float:
+def summary_value(summary: pd.DataFrame, variant: str, mode: str, crf: bool, column: str = "miou_mean") -> float:
     row = summary[(summary["variant"] == variant) & (summary["mode"] == mode) & (summary["crf"] == crf)]
     return float(row[column].iloc[0])
+
+
+def summary_cell(summary: pd.DataFrame, variant: str, mode: str, crf: bool, metric: str) -> str:
+    """A table cell: the metric's mean ± std over seeds (the mean alone with one seed)."""
+    mean = summary_value(summary, variant, mode, crf, f"{metric}_mean")
+    std = summary_value(summary, variant, mode, crf, f"{metric}_std")
+    return f"{mean:.3f} ± {std:.3f}" if not math.isnan(std) else f"{mean:.3f}"
 
 
 def checks(design: bench_design.Design, summary: pd.DataFrame) -> list[tuple[str, bool, str]]:
@@ -112,7 +115,7 @@ def checks(design: bench_design.Design, summary: pd.DataFrame) -> list[tuple[str
     settings = _settings(design)
     ladder = [v for v in ("cam", "ssss", design.reference) if v in design.variants]
     for mode, crf, label in settings:
-        values = [_mean(summary, v, mode, crf) for v in ladder]
+        values = [summary_value(summary, v, mode, crf) for v in ladder]
         holds = all(a <= b for a, b in zip(values, values[1:]))
         chain = " ≤ ".join(f"{design.variants[v].label} {x:.3f}" for v, x in zip(ladder, values))
         out.append((f"{' ≥ '.join(design.variants[v].label for v in reversed(ladder))} ({label})", holds, chain))
@@ -121,18 +124,18 @@ def checks(design: bench_design.Design, summary: pd.DataFrame) -> list[tuple[str
     if len(modes) >= 2:
         first, last = modes[0], modes[-1]
         for crf in (False, True):
-            diffs = [_mean(summary, v, last, crf) - _mean(summary, v, first, crf) for v in weak]
+            diffs = [summary_value(summary, v, last, crf) - summary_value(summary, v, first, crf) for v in weak]
             detail = ", ".join(f"{design.variants[v].label} {d:+.3f}" for v, d in zip(weak, diffs))
             out.append((f"{design.modes[last].label} ≥ {design.modes[first].label}{' (with CRF)' if crf else ''}, "
                         f"on average over the weak configurations", float(np.mean(diffs)) >= 0,
                         f"mean difference {np.mean(diffs):+.3f} ({detail})"))
     for mode in modes:
-        diffs = [_mean(summary, v, mode, True) - _mean(summary, v, mode, False) for v in weak]
+        diffs = [summary_value(summary, v, mode, True) - summary_value(summary, v, mode, False) for v in weak]
         detail = ", ".join(f"{design.variants[v].label} {d:+.3f}" for v, d in zip(weak, diffs))
         out.append((f"CRF ≥ no CRF ({design.modes[mode].label}), on average over the weak configurations",
                     float(np.mean(diffs)) >= 0, f"mean difference {np.mean(diffs):+.3f} ({detail})"))
     last = modes[-1]
-    ref, ub = _mean(summary, design.reference, last, True), _mean(summary, design.upper_bound, last, True)
+    ref, ub = summary_value(summary, design.reference, last, True), summary_value(summary, design.upper_bound, last, True)
     share = ref / ub if ub > 0 else float("nan")
     out.append((f"{design.variants[design.reference].label} ({design.modes[last].label} + CRF) ≥ "
                 f"{UPPER_BOUND_SHARE:.0%} of the upper bound", share >= UPPER_BOUND_SHARE,
@@ -163,8 +166,8 @@ def figure_miou(design: bench_design.Design, summary: pd.DataFrame, path: Path) 
     width = 0.8 / len(settings)
     colors = plt.cm.tab20(np.linspace(0, 1, 20))[: len(settings)]
     for i, (mode, crf, label) in enumerate(settings):
-        means = [_mean(summary, v, mode, crf) for v in variants]
-        stds = [_mean(summary, v, mode, crf, "miou_std") for v in variants]
+        means = [summary_value(summary, v, mode, crf) for v in variants]
+        stds = [summary_value(summary, v, mode, crf, "miou_std") for v in variants]
         xs = np.arange(len(variants)) + (i - (len(settings) - 1) / 2) * width
         ax.bar(xs, means, width, yerr=np.nan_to_num(stds), capsize=2, label=label, color=colors[i])
     ax.set_xticks(np.arange(len(variants)), [design.variants[v].label for v in variants], rotation=20, ha="right")
@@ -273,8 +276,7 @@ def markdown(design: bench_design.Design, cfg: dict, summary: pd.DataFrame, coun
                   "| configuration | params (benchmark size, K) | params (VOC size, M) | " + " | ".join(s[2] for s in settings) + " |",
                   "|---|---:|---:|" + "---:|" * len(settings)]
         for variant, spec in design.variants.items():
-            cells = [cell(_mean(summary, variant, m, c, f"{column}_mean"), _mean(summary, variant, m, c, f"{column}_std"))
-                     for m, c, _ in settings]
+            cells = [summary_cell(summary, variant, m, c, column) for m, c, _ in settings]
             toy, voc = counts[variant]
             lines.append(f"| {spec.label} | {toy:.1f} | {voc:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "## The paper's orderings, on the means over seeds", "", "| claim | holds | numbers |", "|---|---|---|"]
