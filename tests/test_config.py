@@ -50,6 +50,9 @@ def test_override_of_a_preset_owned_key_applies_after_the_preset():
 @pytest.mark.parametrize("item,words", [
     ("model.fcaa=true", ["model.fcaa", "unknown"]),
     ("model.fca=no", ["model.fca", "boolean"]),
+    ("model.fca=yes", ["model.fca", "boolean"]),
+    ("infer.scales=range(1,3)", ["infer.scales", "sweep"]),
+    ("+model.extra=1", ["+model.extra", "existing keys"]),
     ("model.backbone=vgg", ["model.backbone", "wr38", "resnet50", "small"]),
     ("infer.presence=oracle", ["infer.presence", "classifier", "gt"]),
     ("train.lr=-1", ["train.lr"]),
@@ -98,10 +101,10 @@ def test_missing_params_file_is_named(tmp_path):
 
 
 def test_cli_exits_nonzero_with_the_key_in_the_message():
-    proc = subprocess.run([sys.executable, "-m", "wsss.cli", "evaluate", "--params", str(PARAMS), "-S", "eval.absent_class=zero"],
+    proc = subprocess.run([sys.executable, "-m", "wsss.cli", "evaluate", "--params", str(PARAMS), "-S", "eval.absent_class=none"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
-    assert "eval.absent_class" in proc.stderr and "nan" in proc.stderr
+    assert "eval.absent_class" in proc.stderr and "zero" in proc.stderr
 
 
 def test_cli_help_lists_every_stage():
@@ -118,3 +121,66 @@ def test_wsss_params_names_the_files_the_cli_reads(tmp_path, monkeypatch):
     assert config.load(config.default_params_files())["crf"]["bi_sxy"] == 30
     monkeypatch.delenv("WSSS_PARAMS")
     assert config.default_params_files() == ["params.yaml"]
+
+
+# ------------------------------------------------------------- typed exactly as DVC types them
+
+SPELLINGS = ["1e-3", "1E-3", "1.0e-3", ".5", "1.", "5", "+1", "-0", "1_000", "0x10", "0o17", "017", "yes", "no",
+             "on", "off", "y", "true", "True", "TRUE", "false", "null", "NULL", "nan", "inf", "-inf", "1e3",
+             "[1, 2]", "[0.5, 1e-3]", "'1e-3'", '"yes"', "a b", "2026-01-01", "0.1.2", "~"]
+
+
+def dvc_set(tmp_path: Path, spelling: str):
+    """What `dvc exp run -S value=<spelling>` writes into a params file, read back as DVC reads it."""
+    from dvc.utils.hydra import apply_overrides
+    from dvc.utils.serialize import load_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text("value: 0\n")
+    try:
+        apply_overrides(path, [f"value={spelling}"])
+    except Exception:
+        return "refused"
+    return load_yaml(path)["value"]
+
+
+def wsss_set(spelling: str):
+    try:
+        return config.parse_value(spelling)
+    except ParamsError:
+        return "refused"
+
+
+def same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # nan
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_override_values_are_typed_as_dvc_exp_run_types_them(tmp_path, spelling):
+    theirs, ours = dvc_set(tmp_path, spelling), wsss_set(spelling)
+    assert same(ours, theirs), (spelling, ours, theirs)
+
+
+@pytest.mark.parametrize("spelling", [s for s in SPELLINGS if s != "~"] + ["~", "1e-3  # a comment", "'a: b'"])
+def test_params_file_scalars_are_read_as_dvc_reads_them(tmp_path, spelling):
+    from dvc.utils.serialize import load_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(f"value: {spelling}\n")
+    theirs = load_yaml(path)["value"]
+    ours = config.load_mapping(path)["value"]
+    assert same(ours, theirs), (spelling, ours, theirs)
+
+
+def test_a_float_without_a_dot_is_a_float_in_overrides_and_in_params_yaml(tmp_path):
+    assert config.load([PARAMS], ["train.lr=1e-3"])["train"]["lr"] == 0.001
+    text = PARAMS.read_text().replace("      lr: 0.05\n", "      lr: 5e-2\n")
+    assert "lr: 5e-2" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    assert config.load([path])["train"]["lr"] == 0.05
+    proc = subprocess.run([sys.executable, "-m", "wsss.cli", "model-info", "--params", str(PARAMS), "-S", "train.lr=1e-3"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr

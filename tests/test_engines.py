@@ -179,7 +179,7 @@ def test_snakemake_runs_the_whole_dag(snakemake_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key,value,expected", [
-    ("crf.bi_sxy", 30, {"crf", "evaluate"}),
+    ("crf.bi_sxy", 50, {"crf", "evaluate"}),
     ("infer.fp_cut", 0.2, {"infer", "crf", "evaluate"}),
     ("model.fca", False, {"pretrain", "train", "infer", "crf", "evaluate"}),
     ("train.pseudo_floor", 0.3, {"train", "infer", "crf", "evaluate"}),
@@ -204,6 +204,25 @@ def test_snakemake_configfile_overlay_is_an_ablation(snakemake_run, tmp_path):
     assert "wsss train -S data.name=toy" in out  # the same command: the overlay reaches the stages via WSSS_PARAMS
 
 
+def test_replace_workflow_config_keeps_params_yaml_as_the_base(tmp_path):
+    repo = make_copy(tmp_path / "repo", reduced=False)
+    small = repo / "small.yaml"
+    small.write_text("model:\n  fca: false\n")  # a partial overlay
+    proc = sh([str(BIN / "snakemake"), "-n", "--cores", "2", "results/toy_val_miou.csv", "--replace-workflow-config",
+               "--configfile", "small.yaml"], repo)
+    assert set(re.findall(r"^rule (\w+):", proc.stdout, flags=re.M)) == set(STAGES)
+    assert "params.yaml stays the base, overlaid by" in proc.stderr and proc.stderr.strip().endswith("small.yaml")
+
+
+def test_a_bad_overlay_is_a_clear_snakemake_error(tmp_path):
+    repo = make_copy(tmp_path / "repo", reduced=False)
+    (repo / "bad.yaml").write_text("model:\n  fcaa: false\n")
+    proc = sh([str(BIN / "snakemake"), "-n", "--cores", "2", "results/toy_val_miou.csv", "--configfile", "bad.yaml"],
+              repo, check=False)
+    assert proc.returncode != 0
+    assert "unknown key 'model.fcaa'" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+
+
 @pytest.fixture(scope="module")
 def dvc_run(tmp_path_factory):
     repo = make_copy(tmp_path_factory.mktemp("dvc"))
@@ -222,7 +241,7 @@ def test_dvc_repro_runs_the_whole_dag_and_is_then_clean(dvc_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key,value,changed,ran", [
-    ("crf.bi_sxy", 30, {"crf"}, {"crf", "evaluate"}),
+    ("crf.bi_sxy", 50, {"crf"}, {"crf", "evaluate"}),
     ("infer.fp_cut", 0.2, {"infer"}, {"infer", "crf", "evaluate"}),
     # the whole re-run from pretrain is what test_dvc_exp_run_ablation_and_exp_show runs
     ("model.fca", False, {"pretrain", "train", "infer"}, None),

@@ -30,36 +30,62 @@ class ParamsError(WsssError):
     """A params file or override that does not fit the schema."""
 
 
-def parse_value(text: str) -> Any:
-    """Parse an override value the way ``dvc exp run -S`` does: as a YAML scalar or sequence."""
-    try:
-        value = yaml.safe_load(text) if text != "" else ""
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"cannot parse override value {text!r}: {exc}") from None
-    # YAML 1.1 reads yes/no/on/off as booleans; DVC (YAML 1.2) does not. Only true/false are booleans.
-    if isinstance(value, bool) and text.strip().lower() not in ("true", "false"):
-        return text
-    return value
+def _overrides_parser():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
+    """``key.path=value`` -> (key parts, typed value), exactly as ``dvc exp run -S`` reads it.
+
+    DVC parses ``-S`` with Hydra's override grammar (``dvc.utils.hydra.apply_overrides``), so this
+    does too: ``1e-3`` is a float, ``yes`` / ``on`` / ``0x10`` are strings, ``True`` is a boolean,
+    ``null`` is None, ``[1, 2]`` a list, a quoted value a string. Sweeps, ``+key`` and ``~key`` are
+    refused: a stage run changes existing keys only.
+    """
+    from hydra.errors import HydraException
+
     if "=" not in item:
         raise ParamsError(f"override {item!r} is not of the form key.path=value")
-    key, _, value = item.partition("=")
-    key = key.strip()
+    key = item.partition("=")[0].strip()
     if not key or any(not part for part in key.split(".")):
         raise ParamsError(f"override {item!r} has an empty key")
-    return key.split("."), parse_value(value)
+    try:
+        override = _overrides_parser().parse_overrides([item])[0]
+    except HydraException as exc:
+        raise ParamsError(f"cannot parse override {item!r}: {exc}") from None
+    if override.is_sweep_override():
+        raise ParamsError(f"override {item!r}: a sweep is not a value (queue one experiment per value instead)")
+    if override.is_add() or override.is_force_add() or override.is_delete():
+        raise ParamsError(f"override {item!r}: only existing keys can be set (no '+' or '~' prefix)")
+    return override.key_or_group.split("."), override.value()
+
+
+def parse_value(text: str) -> Any:
+    """A ``-S`` value typed as ``dvc exp run -S`` types it (see ``parse_override``)."""
+    return parse_override(f"value={text}")[1]
+
+
+def parse_yaml(text: str, path: str | Path) -> Any:
+    """YAML as DVC reads params files: YAML 1.2 (ruamel.yaml's safe loader, ``dvc.utils.serialize``).
+
+    So ``lr: 1e-3`` is a float and ``flag: yes`` a string, in params.yaml and in overlays alike.
+    """
+    from ruamel.yaml import YAML, YAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
 
 
 def load_mapping(path: Path, what: str = "params file") -> dict:
     """A YAML file holding a mapping, or an error naming the file (``what`` says what it was meant to be)."""
+    path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{what} not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    data = parse_yaml(path.read_text(), path)
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     return data
