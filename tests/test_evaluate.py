@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from wsss import config
@@ -55,11 +56,15 @@ def test_hand_computed_confusion_and_absent_class():
 
 
 def _tree(root: Path, names, n, rng):
+    """Ground truth and two mask sets, each folder recording the configuration it was made with."""
+    cfg = config.load([REPO / "params.yaml"])
     (root / "data" / "toy" / "SegmentationClass").mkdir(parents=True)
+    (root / "data" / "toy" / "prepared.json").write_text(json.dumps({"data": cfg["data"]}))
     (root / "data" / "toy" / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "data" / "toy" / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names) + "\n")
     for sub in ("infer", "crf"):
         (root / "results" / "toy" / "val" / sub / "masks").mkdir(parents=True)
+        (root / "results" / "toy" / "val" / sub / "config.yaml").write_text(yaml.safe_dump(cfg))
     pairs = {}
     for name in names:
         gt, pred = random_pair(rng, n, (40, 50))

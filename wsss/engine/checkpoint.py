@@ -23,15 +23,25 @@ def save(path: str | Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def load(path: str | Path) -> dict:
+def read(path: str | Path) -> object:
+    """Whatever ``torch.load`` finds in ``path`` (on the CPU); WsssError naming a missing or corrupt file."""
     path = Path(path)
     if not path.is_file():
         raise WsssError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise WsssError(f"checkpoint {path} is unreadable or corrupt: {exc}") from None
-    if not isinstance(state, dict) or "model" not in state or "signature" not in state:
+
+
+def is_wsss(state: object) -> bool:
+    return isinstance(state, dict) and "model" in state and "signature" in state
+
+
+def load(path: str | Path) -> dict:
+    """A wsss checkpoint (``model``, ``signature``, ...); WsssError for anything else."""
+    state = read(path)
+    if not is_wsss(state):
         raise WsssError(f"checkpoint {path} is not a wsss checkpoint (no 'model'/'signature' entries)")
     return state
 
@@ -51,6 +61,30 @@ def check_signature(state: dict, cfg: dict, path: str | Path) -> None:
             diffs.append(f"model.{key}: checkpoint {other.get(key)!r}, params {mine.get(key)!r}")
     raise WsssError(f"checkpoint {path} was made for a different model configuration ({'; '.join(diffs)}); "
                     "re-run the stages that make it with the current params")
+
+
+def made_by(state: dict) -> str:
+    """The stage that wrote a final checkpoint (``pretrain``, ``train`` or ``supervise``)."""
+    if "stage" in state:
+        return state["stage"]
+    if state.get("supervised"):
+        return "supervise"
+    cfg = state.get("config")
+    return "pretrain" if cfg is not None and state.get("epoch") == cfg["train"]["cls_epochs"] else "train"
+
+
+def check_made_by(state: dict, cfg: dict, path: str | Path, expected: str | None = None) -> None:
+    """Refuse a checkpoint whose recorded configuration differs from ``cfg`` in a key its stage depends on.
+
+    ``expected``: the stage that must have written it (None: whichever it records). Raises WsssError.
+    """
+    from wsss import provenance
+
+    stage = made_by(state)
+    if expected is not None and stage != expected:
+        raise WsssError(f"checkpoint {path} was written by `wsss {stage}`, not by `wsss {expected}`")
+    if "config" in state:
+        provenance.check_input(state["config"], cfg, stage, path)
 
 
 def rng_state() -> dict:

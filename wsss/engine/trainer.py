@@ -18,9 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wsss import config as params
+from wsss import config as params, provenance
 from wsss.data.dataset import VOCSegmentation
 from wsss.data.transforms import TrainTransform
+from wsss.data.voc import AUG_MASKS
 from wsss.data.weights import fetch_weights
 from wsss.engine import checkpoint, device as devices
 from wsss.errors import WsssError
@@ -58,7 +59,10 @@ def phase_for(stage: str, cfg: dict, paths: StagePaths) -> Phase:
 def _dataset(cfg: dict) -> VOCSegmentation:
     """The training split, checked once (every listed file exists) for the whole run."""
     root = for_config(cfg).data
-    dataset = VOCSegmentation(root, cfg["data"]["train_split"], params.num_classes(cfg), transform=TrainTransform.from_config(cfg))
+    # VOC's training masks as the public code's list takes them (SBD first), where prepare made them.
+    mask_dir = AUG_MASKS if (root / AUG_MASKS).is_dir() else "SegmentationClass"
+    dataset = VOCSegmentation(root, cfg["data"]["train_split"], params.num_classes(cfg),
+                              transform=TrainTransform.from_config(cfg), mask_dir=mask_dir)
     if len(dataset) < cfg["train"]["batch_size"]:
         raise WsssError(f"split '{cfg['data']['train_split']}' of {root} has {len(dataset)} images, fewer than "
                         f"train.batch_size={cfg['train']['batch_size']}")
@@ -104,6 +108,7 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
 
     if phase.init_checkpoint is not None:
         init = checkpoint.load(phase.init_checkpoint)
+        checkpoint.check_made_by(init, cfg, phase.init_checkpoint, "pretrain")
         checkpoint.check_signature(init, cfg, phase.init_checkpoint)
         model.load_state_dict(init["model"])
         optimizer.load_state_dict(init["optimizer"])
@@ -161,7 +166,7 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
     checkpoint.save(out_checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": phase.end_epoch, "step": step, "rng": checkpoint.rng_state(), "log": rows,
                                      "signature": checkpoint.model_signature(cfg), "config": cfg,
-                                     "supervised": phase.supervised})
+                                     "stage": phase.name, "supervised": phase.supervised})
     write_text(out_log, _tsv([r for r in rows if r["stage"] == phase.name]))
     write_yaml(out_config, cfg)
     state_path.unlink(missing_ok=True)
@@ -170,8 +175,7 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
 def run_stage(stage: str, cfg: dict, results: str | Path | None = None) -> None:
     """The `pretrain` / `train` / `supervise` CLI: check the dataset is prepared, run the phase, say what it wrote."""
     paths = for_config(cfg, results)
-    if not (paths.data / "prepared.json").is_file():
-        raise WsssError(f"dataset not prepared: {paths.data}/prepared.json is missing; run `wsss prepare` first")
+    provenance.check_dataset(paths.data, cfg)
     phase = phase_for(stage, cfg, paths)
     run(cfg, phase, paths)
     print(f"{stage}: wrote {paths.checkpoint(stage)} (epochs {phase.first_epoch}-{phase.end_epoch})")

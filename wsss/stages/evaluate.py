@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wsss import config as params
+from wsss import config as params, provenance
 from wsss.data.dataset import read_split
 from wsss.data.palette import load_mask
 from wsss.errors import WsssError
@@ -101,6 +101,11 @@ def run(cfg: dict, args) -> None:
     split = cfg["data"]["eval_split"]
     n = params.num_classes(cfg)
     ignore, absent = cfg["eval"]["ignore_index"], cfg["eval"]["absent_class"]
+    provenance.check_dataset(paths.data, cfg)
+    for stage, out_dir in (("infer", paths.infer), ("crf", paths.crf)):
+        if not (out_dir / "masks").is_dir():
+            raise WsssError(f"{stage} output missing: {out_dir / 'masks'}; run `wsss {stage}` first")
+        provenance.check_stage_dir(out_dir, cfg, stage)
     names = read_split(paths.data, split)
     gt_dir = paths.data / "SegmentationClass"
     conf_raw, conf_crf = accumulate(names, gt_dir, [paths.infer / "masks", paths.crf / "masks"], n, ignore)
@@ -109,7 +114,7 @@ def run(cfg: dict, args) -> None:
     with atomic_path(paths.miou_csv) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6f")
     metrics = {
-        "miou": raw["miou"], "miou_crf": crf["miou"],
+        "miou": raw["miou"], "miou_crf": crf["miou"], "miou_fg": raw["miou_fg"], "miou_fg_crf": crf["miou_fg"],
         "pixel_acc": raw["pixel_acc"], "pixel_acc_crf": crf["pixel_acc"],
         "images": len(names),
     }

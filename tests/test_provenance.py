@@ -1,0 +1,84 @@
+"""A stage refuses an input made under other values of the keys its producer depends on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wsss import config, provenance
+from wsss.errors import WsssError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data.toy.min_size=48", "data.toy.max_size=56", "data.toy.n_val=8", "presets.toy.train.batch_size=8",
+        "presets.toy.train.crop_size=32"]
+
+
+def wsss(stage: str, cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "wsss.cli", stage, *[a for o in TINY + list(overrides) for a in ("-S", o)]]
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_differences_name_every_leaf_key():
+    cfg = config.load([REPO / "params.yaml"])
+    other = config.load([REPO / "params.yaml"], ["data.toy.n_train=64", "data.toy.seed=7", "data.root=elsewhere"])
+    diffs = provenance.differences(other, cfg, "prepare")
+    assert diffs == ["data.toy.n_train: input made with 64, params give 2000", "data.toy.seed: input made with 7, params give 0"]
+    assert provenance.differences(cfg, cfg, "train") == []
+    with pytest.raises(WsssError, match=r"x\.pt was made by `wsss pretrain` under other parameters \(model\.psi"):
+        provenance.check_input(config.load([REPO / "params.yaml"], ["model.psi=0.5"]), cfg, "pretrain", "x.pt")
+
+
+def test_param_slice_is_what_the_engines_compare():
+    cfg = config.load([REPO / "params.yaml"])
+    assert provenance.param_slice(cfg, "crf") == {"data.name": "toy", "data.eval_split": "val", "crf": cfg["crf"]}
+    with pytest.raises(KeyError, match="not a stage"):
+        provenance.stage_keys("deploy")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("provenance")
+    (cwd / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    proc = wsss("prepare", cwd, "data.toy.n_train=32")
+    assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+def test_pretrain_refuses_a_dataset_prepared_under_other_keys(prepared):
+    proc = wsss("pretrain", prepared, "data.toy.n_train=64", "data.toy.seed=7")
+    assert proc.returncode == 2
+    assert "data.toy.n_train: input made with 32, params give 64" in proc.stderr
+    assert "data.toy.seed: input made with 0, params give 7" in proc.stderr
+    assert "`wsss prepare`" in proc.stderr
+    assert not (prepared / "results" / "toy" / "pretrain.yaml").exists(), "nothing is written under the wrong record"
+
+
+def test_infer_refuses_a_split_prepared_with_another_size(prepared):
+    proc = wsss("infer", prepared, "data.toy.n_train=32", "data.toy.n_val=3")
+    assert proc.returncode == 2
+    assert "data.toy.n_val: input made with 8, params give 3" in proc.stderr
+    assert not (prepared / "results" / "toy" / "val" / "infer").exists()
+
+
+def test_crf_and_evaluate_refuse_inference_made_under_other_infer_keys(prepared):
+    infer_dir = prepared / "results" / "toy" / "val" / "infer"
+    (infer_dir / "probs").mkdir(parents=True)
+    (infer_dir / "masks").mkdir()
+    made = config.load([prepared / "params.yaml"], TINY + ["data.toy.n_train=32", "infer.fp_cut=0.3"])
+    (infer_dir / "config.yaml").write_text(__import__("yaml").safe_dump(made))
+    proc = wsss("crf", prepared, "data.toy.n_train=32")
+    assert proc.returncode == 2 and "infer.fp_cut: input made with 0.3, params give 0.1" in proc.stderr
+    proc = wsss("evaluate", prepared, "data.toy.n_train=32")
+    assert proc.returncode == 2 and "infer.fp_cut" in proc.stderr
+
+
+def test_keys_that_only_schedule_work_are_not_compared():
+    cfg = config.load([REPO / "params.yaml"])
+    other = config.load([REPO / "params.yaml"], ["crf.workers=1", "infer.chunk=8", "train.workers=2", "infer.device=cpu"])
+    for stage in ("train", "infer", "crf"):
+        assert provenance.differences(other, cfg, stage) == []
