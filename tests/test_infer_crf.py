@@ -1,31 +1,44 @@
-"""Multi-scale + flip inference and the dense CRF, on hand-built models and images."""
+"""Multi-scale + flip inference and the dense CRF, on hand-built models, the real networks and images."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
+from wsss import config
+from wsss.model.network import build_model
 from wsss.stages.crf import read_probs, refine
-from wsss.stages.infer import combine, predict, quantise, views
+from wsss.stages.infer import combine, make_view, place, predict, view_size, views
 
 CRF = {"iters": 10, "gauss_sxy": 3, "gauss_compat": 3, "bi_sxy": 80, "bi_srgb": 13, "bi_compat": 10,
-       "unary_clip": 1e-5, "background": "probs", "bg_power": 5.0, "workers": 1}
+       "unary_clip": 1e-5, "background": "probs", "bg_power": 5.0, "workers": 1, "labels": "present"}
 
 
-class PixelModel(nn.Module):
-    """A per-pixel model (1x1 convs at stride 4): flip-equivariant, so un-flipping must be exact."""
+def random_image(h: int, w: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+class GlobalModel(nn.Module):
+    """Masks at stride 4 from a per-pixel 1x1 conv plus a global average (so padding would leak in),
+    with a left-right ramp (so it is not flip-equivariant); records each batch size."""
 
     def __init__(self, classes: int = 3):
         super().__init__()
         torch.manual_seed(0)
         self.head = nn.Conv2d(3, classes - 1, 1)
-        self.calls: list[int] = []
+        self.calls: list[tuple[int, ...]] = []
 
     def forward(self, x):
-        self.calls.append(x.shape[0])
-        fg = self.head(nn.functional.avg_pool2d(x, 4))
+        self.calls.append(tuple(x.shape))
+        pooled = nn.functional.avg_pool2d(x, 4)
+        ramp = torch.linspace(0, 1, pooled.shape[-1]).view(1, 1, 1, -1)
+        fg = self.head(pooled) + pooled.mean((1, 2, 3), keepdim=True) + ramp
         logits = torch.cat([torch.ones_like(fg[:, :1]), fg], 1)
         return {"logits": logits, "masks": logits.softmax(1), "cls": fg.mean((2, 3))}
 
@@ -35,39 +48,107 @@ def test_views_cover_every_scale_plain_and_flipped():
     assert views([1.0], False) == [(1.0, False)]
 
 
-def test_chunking_bounds_the_batch_and_does_not_change_the_result():
-    image = torch.randn(3, 37, 53)
-    model = PixelModel().eval()
+def test_view_sizes_round_as_the_public_loader():
+    assert view_size((375, 500), 0.5) == (188, 250)        # round(187.5) = 188 (half to even), as int(round())
+    assert view_size((375, 500), 1.5) == (562, 750)        # round(562.5) = 562
+    assert view_size((3, 3), 0.1) == (1, 1)
+
+
+def test_views_are_bicubic_resizes_of_the_rgb_image_then_flipped_and_normalised():
+    image = random_image(20, 30)
+    view = make_view(image, 0.5, True)
+    expected = np.asarray(image.resize((15, 10), Image.BICUBIC))[:, ::-1] / 255.0
+    expected = (expected - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(view.permute(1, 2, 0).numpy(), expected, atol=1e-5)
+
+
+def test_a_view_is_centred_on_its_zero_canvas():
+    view = torch.ones(3, 3, 4)
+    canvas, box = place(view, [8, 9])
+    assert box == (2, 2, 3, 4)  # top = (8 - 3) // 2, left = (9 - 4) // 2
+    assert canvas.shape == (3, 8, 9) and canvas.sum() == 36 and canvas[:, 2:5, 2:6].min() == 1
+    assert place(view, None) == (view, (0, 0, 3, 4))
+    with pytest.raises(ValueError, match="3x4 view does not fit the 2x9 canvas"):
+        place(view, [2, 9])
+
+
+class CornerModel(nn.Module):
+    """Returns fixed 2x2 masks whatever the input: class 1 on the right column, class 0 on the left."""
+
+    def forward(self, x):
+        m = torch.tensor([[0.0, 1.0], [0.0, 1.0]]).expand(x.shape[0], 1, 2, 2)
+        masks = torch.cat([1 - m, m], 1)
+        return {"logits": masks, "masks": masks, "cls": torch.zeros(x.shape[0], 1)}
+
+
+def test_view_masks_are_upsampled_to_the_input_with_aligned_corners():
+    # The public model returns its masks upsampled to its input size with align_corners=True: a 2x2 map
+    # at 4x4 has columns 0, 1/3, 2/3, 1 (align_corners=False would give 0, 1/4, 3/4, 1).
+    masks, _ = predict(CornerModel(), random_image(4, 4), [1.0], False, chunk=1)
+    np.testing.assert_allclose(masks[1, 0].numpy(), [0, 1 / 3, 2 / 3, 1], atol=1e-6)
+    # On a 6x6 canvas the box (rows/cols 1..4) is cut from the 6-wide upsampling: 1/5 .. 4/5
+    masks, _ = predict(CornerModel(), random_image(4, 4), [1.0], False, chunk=1, pad_size=[6, 6])
+    np.testing.assert_allclose(masks[1, 0].numpy(), [0.2, 0.4, 0.6, 0.8], atol=1e-6)
+
+
+@pytest.mark.parametrize("pad_size", [None, [80, 96]])
+def test_the_result_depends_on_neither_chunk_nor_scale_order(pad_size):
+    image = random_image(29, 41, seed=3)
+    model = GlobalModel().eval()
     scales = [1.0, 0.5, 1.5, 2.0]
-    full, cls_full = predict(model, image, scales, True, chunk=8)
-    assert model.calls == [8]
-    model.calls.clear()
-    chunked, cls_chunked = predict(model, image, scales, True, chunk=3)
-    assert model.calls == [3, 3, 2]
-    torch.testing.assert_close(full, chunked, atol=1e-5, rtol=1e-5)
-    # class scores pool over the whole padded view, whose padding depends on the chunk: close, not equal
-    torch.testing.assert_close(cls_full, cls_chunked, atol=1e-3, rtol=0)
-    assert full.shape == (3, 37, 53)
-    torch.testing.assert_close(full.sum(0), torch.ones(37, 53), atol=1e-4, rtol=0)
+    ref, ref_cls = predict(model, image, scales, True, chunk=1, pad_size=pad_size)
+    assert len(model.calls) == 8 and all(c[0] == 1 for c in model.calls)
+    for chunk, order in itertools.product([2, 3, 8], [scales, scales[::-1], [0.5, 2.0, 1.0, 1.5]]):
+        model.calls.clear()
+        masks, cls = predict(model, image, order, True, chunk=chunk, pad_size=pad_size)
+        assert max(c[0] for c in model.calls) <= chunk
+        torch.testing.assert_close(masks, ref, atol=1e-6, rtol=0)
+        torch.testing.assert_close(cls, ref_cls, atol=1e-6, rtol=0)
+    assert ref.shape == (3, 29, 41)
+    torch.testing.assert_close(ref.sum(0), torch.ones(29, 41), atol=1e-5, rtol=0)
 
 
-def test_flipped_views_are_unflipped():
-    image = torch.randn(3, 32, 48)
-    model = PixelModel().eval()
-    plain, _ = predict(model, image, [1.0], False, chunk=4)
-    both, _ = predict(model, image, [1.0], True, chunk=4)
-    torch.testing.assert_close(plain, both, atol=1e-5, rtol=1e-5)
+def test_only_views_of_one_size_share_a_forward_pass():
+    model = GlobalModel().eval()
+    predict(model, random_image(29, 41), [1.0, 0.5, 1.5, 2.0], True, chunk=8)
+    assert sorted(c[0] for c in model.calls) == [2, 2, 2, 2]  # each scale with its flip, nothing else
 
 
-def test_combine_keeps_present_classes_and_handles_background():
+def test_multi_scale_is_the_average_of_the_single_views_unflipped():
+    image = random_image(24, 32, seed=5)
+    model = GlobalModel().eval()
+    both, _ = predict(model, image, [1.0, 0.5], True, chunk=4)
+    singles = []
+    for scale in (1.0, 0.5):
+        plain, _ = predict(model, image, [scale], False, chunk=4)
+        flipped, _ = predict(model, image.transpose(Image.FLIP_LEFT_RIGHT), [scale], False, chunk=4)
+        singles += [plain, flipped.flip(-1)]
+    torch.testing.assert_close(both, sum(singles) / 4, atol=1e-6, rtol=0)
+    assert (singles[0] - singles[1]).abs().max() > 1e-3  # the model is not flip-equivariant
+    assert (singles[0] - singles[2]).abs().max() > 1e-3  # nor scale-equivariant
+
+
+@pytest.mark.parametrize("context,fusion", [("aspp", "gci"), ("fca", "sf2"), ("fca_nosrm", "sf2"), ("ppm", "sum"),
+                                            ("nonlocal", "concat"), ("largeconv", "mul")])
+def test_real_networks_are_chunk_and_order_invariant(one_thread, context, fusion):
+    cfg = config.load(["params.yaml"], [f"model.context={context}", f"model.fusion={fusion}"])
+    torch.manual_seed(0)
+    model = build_model(cfg, load_weights=False).eval()
+    image = random_image(37, 45, seed=7)
+    ref, ref_cls = predict(model, image, [1.0, 0.5, 1.5], True, chunk=1)
+    masks, cls = predict(model, image, [1.5, 1.0, 0.5], True, chunk=6)
+    torch.testing.assert_close(masks, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cls, ref_cls, atol=1e-5, rtol=0)
+
+
+def test_combine_keeps_present_classes_and_the_raw_scores():
     masks = torch.tensor([[[0.5, 0.1]], [[0.3, 0.8]], [[0.2, 0.1]]])  # C=3, H=1, W=2
     present = torch.tensor([True, False])
     ids, probs = combine(masks, present, {"background": "constant", "bg_const": 0.25, "bg_power": 3})
     assert ids.tolist() == [0, 1]
-    np.testing.assert_allclose(probs.sum(0), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(probs[1, 0], [0.3 / 0.55, 0.8 / 1.05], rtol=1e-5)
+    np.testing.assert_allclose(probs, [[[0.25, 0.25]], [[0.3, 0.8]]], rtol=1e-6)  # not renormalised
     ids, probs = combine(masks, present, {"background": "power", "bg_const": 0.25, "bg_power": 3})
-    np.testing.assert_allclose(probs[0, 0], [0.125 / 0.425, 0.001 / 0.801], rtol=1e-4)
+    np.testing.assert_allclose(probs[0, 0], [0.125, 0.001], rtol=1e-4)
     ids, probs = combine(masks, torch.tensor([False, False]), {"background": "constant", "bg_const": 0.25, "bg_power": 3})
     assert ids.tolist() == [0] and probs.shape == (1, 1, 2)
 
@@ -85,27 +166,47 @@ def two_region_case(h=40, w=60):
 def test_crf_snaps_a_leaking_mask_to_the_colour_edge():
     image, probs = two_region_case()
     raw = probs.argmax(0)
-    refined = refine(image, probs, CRF)
+    ids = np.array([0, 3], np.uint8)
+    refined = refine(image, ids, probs, CRF, num_classes=5)
     truth = np.zeros_like(raw)
-    truth[:, : image.shape[1] // 2] = 1
-    assert (refined == truth).mean() > 0.98 > (raw == truth).mean()
+    truth[:, : image.shape[1] // 2] = 3
+    assert (refined == truth).mean() > 0.98 > (ids[raw] == truth).mean()
+    every_label = refine(image, ids, probs, dict(CRF, labels="all"), num_classes=5)
+    assert (every_label == refined).mean() > 0.999  # absent labels at score 0 almost never matter
 
 
-def test_crf_accepts_non_contiguous_read_only_inputs_and_wsfcn_background():
+def test_crf_background_from_the_raw_class_scores():
+    # fg 0.12 at every pixel: the public rule gives bg (1 - 0.12) ** 5 = 0.528 > 0.12, so background wins;
+    # renormalising first (fg / (0.25 + 0.12) = 0.32, bg 0.68 ** 5 = 0.14) would let the class win.
+    image = np.full((6, 8, 3), 128, np.uint8)
+    probs = np.stack([np.full((6, 8), 0.25), np.full((6, 8), 0.12)]).astype(np.float32)
+    ids = np.array([0, 4], np.uint8)
+    crf = dict(CRF, background="fg_power", iters=0)
+    assert (refine(image, ids, probs, crf, num_classes=5) == 0).all()
+    assert (refine(image, ids, np.stack([probs[0], probs[1] * 5]), crf, num_classes=5) == 4).all()  # fg 0.6 > 0.4 ** 5
+    assert (refine(image, ids, probs, dict(crf, background="probs"), num_classes=5) == 0).all()  # 0.25 > 0.12
+
+
+def test_crf_accepts_non_contiguous_read_only_inputs():
     image, probs = two_region_case()
     image.setflags(write=False)  # as np.asarray(PIL image) gives
-    refined = refine(image[:, ::-1][:, ::-1], probs[:, :, ::-1][:, :, ::-1], dict(CRF, background="fg_power", bi_sxy=30))
+    refined = refine(image[:, ::-1][:, ::-1], np.array([0, 1], np.uint8), probs[:, :, ::-1][:, :, ::-1],
+                     dict(CRF, background="fg_power", bi_sxy=30), num_classes=2)
     assert refined.shape == image.shape[:2]
 
 
 def test_probability_files_round_trip_and_corrupt_ones_are_named(tmp_path):
     _, probs = two_region_case()
     path = tmp_path / "a.npz"
-    np.savez_compressed(path, classes=np.array([0, 7], np.uint8), probs=quantise(probs))
+    np.savez_compressed(path, classes=np.array([0, 7], np.uint8), probs=probs.astype(np.float16))
     ids, back = read_probs(path)
-    assert ids.tolist() == [0, 7]
-    np.testing.assert_allclose(back, probs, atol=1 / 255)
+    assert ids.tolist() == [0, 7] and back.dtype == np.float32
+    np.testing.assert_allclose(back, probs, rtol=1e-3)
     bad = tmp_path / "b.npz"
     bad.write_bytes(path.read_bytes()[:100])
     with pytest.raises(Exception, match="b.npz"):
         read_probs(bad)
+    old = tmp_path / "c.npz"
+    np.savez_compressed(old, classes=np.array([0, 7], np.uint8), probs=(probs * 255).astype(np.uint8))
+    with pytest.raises(Exception, match="c.npz.*re-run `wsss infer`"):
+        read_probs(old)

@@ -47,7 +47,13 @@ def test_download_and_assemble(served_archives, mini_archives, http_server, tmp_
         assert np.array_equal(load_mask(out / "SegmentationClass" / f"{name}.png"), mini_archives["sbd_masks"][name])
     images = sorted(p.stem for p in (out / "JPEGImages").iterdir())
     assert images == sorted(set(MINI_TRAIN_AUG) | set(MINI["voc_val"]))  # unlisted images are left out
-    assert sorted(p.name for p in out.iterdir()) == ["ImageSets", "JPEGImages", "SegmentationClass"]
+    assert sorted(p.name for p in out.iterdir()) == ["ImageSets", "JPEGImages", "SegmentationClass", "SegmentationClassAug"]
+    # the training masks as the public code's train_augvoc.txt takes them: SBD's first, VOC's for the rest
+    aug = out / "SegmentationClassAug"
+    assert sorted(p.stem for p in aug.iterdir()) == MINI_TRAIN_AUG
+    assert np.array_equal(load_mask(aug / "2007_000002.png"), mini_archives["sbd_masks"]["2007_000002"])  # in both
+    assert np.array_equal(load_mask(out / "SegmentationClass" / "2007_000002.png"), mini_archives["voc_masks"]["2007_000002"])
+    assert np.array_equal(load_mask(aug / "2007_000001.png"), mini_archives["voc_masks"]["2007_000001"])  # VOC only
 
     # the archives stay in the download cache, and a second run uses them without the network
     cache = tmp_path / "downloads"

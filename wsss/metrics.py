@@ -29,25 +29,38 @@ def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: 
     return counts[:num_classes].astype(np.int64)
 
 
-def scores(conf: np.ndarray, absent: str = "nan") -> dict:
+ABSENT_RULES = {"zero": 0.0, "nan": np.nan, "one": 1.0}
+
+
+def scores(conf: np.ndarray, absent: str = "zero") -> dict:
     """Per-class IoU, precision and recall; mIoU over all classes (background included); pixel accuracy.
 
-    A class absent from both ground truth and prediction has no defined IoU: with ``absent="nan"`` it is
-    left out of the mean (NaN in the table), with ``absent="one"`` it counts as a perfect 1.0.
+    ``conf``: ``(C, C)`` counts, rows ground truth, columns prediction. A class absent from both
+    ground truth and prediction has no defined IoU; ``absent`` says what it gets:
+    ``"zero"``: IoU 0, kept in the mean (the public SSSS and WS-FCN evaluators:
+    ``TP / (TP + FP + FN + eps)``, averaged over every class); ``"nan"``: left out of the mean (NaN
+    in the table); ``"one"``: a perfect 1.0. A precision with no prediction of the class (a recall
+    with no ground truth of it) is 0 under ``"zero"`` (the public evaluators), NaN otherwise. ``miou`` is the mean over all classes, background
+    included (the papers' number, the public evaluators' "with background" line); ``miou_fg`` the
+    mean over the foreground classes (the line the public evaluators print first).
     """
+    if absent not in ABSENT_RULES:
+        raise ValueError(f"absent-class rule {absent!r} is not one of {', '.join(ABSENT_RULES)}")
     conf = conf.astype(np.float64)
     tp = np.diag(conf)
     gt_sum, pred_sum = conf.sum(1), conf.sum(0)
     union = gt_sum + pred_sum - tp
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan if absent == "nan" else 1.0)
-        precision = np.where(pred_sum > 0, tp / pred_sum, np.nan)
-        recall = np.where(gt_sum > 0, tp / gt_sum, np.nan)
+        iou = np.where(union > 0, tp / union, ABSENT_RULES[absent])
+        undefined = 0.0 if absent == "zero" else np.nan
+        precision = np.where(pred_sum > 0, tp / pred_sum, undefined)
+        recall = np.where(gt_sum > 0, tp / gt_sum, undefined)
     total = conf.sum()
     return {
         "iou": iou,
         "precision": precision,
         "recall": recall,
         "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+        "miou_fg": float(np.nanmean(iou[1:])) if np.isfinite(iou[1:]).any() else float("nan"),
         "pixel_acc": float(tp.sum() / total) if total else float("nan"),
     }

@@ -79,12 +79,15 @@ class VOCSegmentation(Dataset):
     Each item is a dict: ``image`` (normalised float 3xHxW), ``raw`` (the same pixels in [0, 1]),
     ``mask`` (int64 HxW, 255 = ignore), ``labels`` (float32 multi-hot over the num_classes-1
     foreground classes, from the whole un-augmented mask) and ``name``. ``transform`` takes and
-    returns a (PIL image, PIL mask) pair; without one the full image is returned.
+    returns a (PIL image, PIL mask) pair; without one the full image is returned. ``mask_dir``: the
+    folder of masks under ``root`` (``SegmentationClassAug`` for VOC's training masks, SBD first).
     """
 
     def __init__(self, root: str | Path, split: str, num_classes: int,
-                 transform: Callable[[Image.Image, Image.Image], tuple[Image.Image, Image.Image]] | None = None):
+                 transform: Callable[[Image.Image, Image.Image], tuple[Image.Image, Image.Image]] | None = None,
+                 mask_dir: str = "SegmentationClass"):
         self.root = Path(root)
+        self.mask_dir = mask_dir
         self.split = split
         self.num_classes = int(num_classes)
         self.transform = transform
@@ -98,7 +101,7 @@ class VOCSegmentation(Dataset):
         return self.root / "JPEGImages" / f"{name}.jpg"
 
     def mask_path(self, name: str) -> Path:
-        return self.root / "SegmentationClass" / f"{name}.png"
+        return self.root / self.mask_dir / f"{name}.png"
 
     def __len__(self) -> int:
         return len(self.names)

@@ -14,7 +14,7 @@ from wsss.errors import WsssError
 
 
 class TrainTransform:
-    """RandomResizedCrop (image bilinear, mask nearest) to a square ``crop_size``, flip with
+    """RandomResizedCrop (image bicubic, as the public SSSS / WS-FCN ``transforms.py``; mask nearest) to a square ``crop_size``, flip with
     probability ``hflip``, then ColorJitter(brightness, contrast, saturation, hue) on the image only.
 
     Called with PIL images, returns PIL images; randomness comes from torch's generator, so each
@@ -44,7 +44,7 @@ class TrainTransform:
     def __call__(self, image: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
         top, left, height, width = T.RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
         size = [self.crop_size, self.crop_size]
-        image = F.resized_crop(image, top, left, height, width, size, InterpolationMode.BILINEAR)
+        image = F.resized_crop(image, top, left, height, width, size, InterpolationMode.BICUBIC)
         mask = F.resized_crop(mask, top, left, height, width, size, InterpolationMode.NEAREST)
         if torch.rand(1).item() < self.hflip:
             image, mask = F.hflip(image), F.hflip(mask)

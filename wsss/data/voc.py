@@ -8,8 +8,11 @@ Sources, in order of preference:
   ``WSSS_VOC_URL`` and ``WSSS_SBD_URL`` name mirrors.
 
 The output has ``train``, ``val`` and ``trainval`` (VOC's lists) and ``train_aug``: SBD train + SBD
-val + VOC train, minus VOC val (10,582 images). Masks are VOC's own where VOC has one, and SBD's
-(converted from .mat to palette PNG) for the rest of train_aug.
+val + VOC train, minus VOC val (10,582 images). ``SegmentationClass/`` holds VOC's own masks where
+VOC has one, and SBD's (converted from .mat to palette PNG) for the rest of train_aug: what the
+``train``/``val`` splits are scored against. ``SegmentationClassAug/`` holds the training masks of
+train_aug as the public SSSS / WS-FCN list ``train_augvoc.txt`` takes them: SBD's where SBD has the
+image (10,252 of them), VOC's for the rest; training reads its image-level labels from there.
 """
 
 from __future__ import annotations
@@ -175,6 +178,9 @@ def sbd_mask(mat_path: Path) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
+AUG_MASKS = "SegmentationClassAug"  # the training masks of train_aug (SBD first), beside SegmentationClass
+
+
 def _assemble(voc: Path, sbd: Path, out_dir: Path, progress: bool) -> dict[str, list[str]]:
     """Move/convert the extracted files into ``out_dir`` and write the split lists."""
     seg = voc / "ImageSets" / "Segmentation"
@@ -202,6 +208,13 @@ def _assemble(voc: Path, sbd: Path, out_dir: Path, progress: bool) -> dict[str, 
             save_mask(sbd_mask(sbd / "cls" / f"{name}.mat"), masks / f"{name}.png")
         else:
             raise WsssError(f"mask for '{name}' is in neither {voc / 'SegmentationClass'} nor {sbd / 'cls'}")
+    aug = out_dir / AUG_MASKS
+    aug.mkdir(parents=True, exist_ok=True)
+    for name in tqdm(lists["train_aug"], desc="training masks (SBD first)", unit="img", disable=not progress):
+        if (sbd / "cls" / f"{name}.mat").is_file():
+            save_mask(sbd_mask(sbd / "cls" / f"{name}.mat"), aug / f"{name}.png")
+        else:
+            shutil.copyfile(masks / f"{name}.png", aug / f"{name}.png")
     write_lists(out_dir, lists)
     return lists
 

@@ -59,9 +59,11 @@ class SkipGCI(nn.Module):
 class SemanticFlowAlign(nn.Module):
     """Predicts a flow field at the shallow resolution and samples the context output along it.
 
-    The context output (not its reduced copy) is sampled with ``grid_sample`` (bilinear,
-    ``align_corners=True``) on the shallow-size grid shifted by ``flow / [W, H]``: warp and
-    upsampling in one step.
+    The reduced context is upsampled to the shallow size bilinearly with ``align_corners=False``
+    before the flow is predicted (the public WS-FCN code's ``F.interpolate`` default; the other
+    upsamplings of the head use ``align_corners=True``). The context output (not its reduced copy)
+    is then sampled with ``grid_sample`` (bilinear, ``align_corners=True``) on the shallow-size grid
+    shifted by ``flow / [W, H]``: warp and upsampling in one step.
     """
 
     def __init__(self, shallow_ch: int, width: int):
@@ -74,7 +76,7 @@ class SemanticFlowAlign(nn.Module):
     def forward(self, shallow: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         h, w = shallow.shape[-2:]
         low = self.reduce_shallow(shallow)
-        high = resize_to(self.reduce_context(context), (h, w))
+        high = F.interpolate(self.reduce_context(context), size=(h, w), mode="bilinear", align_corners=False)
         flow = self.flow(torch.cat([high, low], 1)).float()      # sampling positions stay in fp32
         ys = torch.linspace(-1.0, 1.0, h, device=flow.device)
         xs = torch.linspace(-1.0, 1.0, w, device=flow.device)
@@ -105,6 +107,10 @@ class CrossFeatureFusion(nn.Module):
         self.v1, self.v2, self.v3, self.v4 = f(), f(), f(), f()
         self.join_conv = f(2 * width) if join == "concat" else None
         kaiming_init(self)
+        if self.align is not None:  # the public AlignModule keeps PyTorch's default conv init
+            for m in self.align.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.reset_parameters()
 
     def forward(self, shallow: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.align is not None:

@@ -52,6 +52,9 @@ class SingleStageNet(_Network):
             nn.Conv2d(width, classes - 1, 1),
         )
         kaiming_init(self.decoder)
+        classifier = self.decoder[-1]  # the public code sets only its weight: the bias keeps PyTorch's default
+        bound = 1.0 / classifier.weight[0].numel() ** 0.5
+        nn.init.uniform_(classifier.bias, -bound, bound)
         self.bg_logit = float(bg_logit)
         self.focal_p = float(focal_p)
         self.focal_lambda = float(focal_lambda)

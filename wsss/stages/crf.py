@@ -1,9 +1,14 @@
-"""`wsss crf`: dense-CRF refinement of the inferred probabilities, parallel over images.
+"""`wsss crf`: dense-CRF refinement of the inferred scores, parallel over images.
 
-Unary = -log p (clipped at ``crf.unary_clip``); a Gaussian kernel (``gauss_sxy``, ``gauss_compat``)
-and a bilateral kernel (``bi_sxy``, ``bi_srgb``, ``bi_compat``) at full resolution; ``crf.iters``
-mean-field iterations. ``crf.background: fg_power`` replaces the background by (1 - max fg) ** bg_power
-(the WS-FCN code) before the CRF. Writes ``results/<dataset>/<split>/crf/masks/<name>.png``.
+As the public WS-FCN code (``utils/dcrf.py``, ``ResultWriter._crf_with_alpha``): with
+``crf.background: fg_power`` the background is replaced by (1 - max over the classes) **
+``bg_power`` (5 there); with ``probs`` the inferred background is kept (the SSSS code). The scores
+are not renormalised; the unary is pydensecrf's ``unary_from_softmax`` (-log of the scores clipped
+at ``crf.unary_clip``); a Gaussian kernel (``gauss_sxy``, ``gauss_compat``) and a bilateral kernel
+(``bi_sxy``, ``bi_srgb``, ``bi_compat``) at full resolution; ``crf.iters`` mean-field iterations.
+``crf.labels: all`` runs the CRF over every class of the dataset, absent ones with score 0 (the
+public code's 21 labels); ``present`` over the background and the present classes only (faster).
+Writes ``results/<dataset>/<split>/crf/masks/<name>.png``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from wsss import config as params, provenance
 from wsss.data.dataset import read_image
 from wsss.data.palette import save_mask
 from wsss.errors import WsssError
@@ -24,45 +30,52 @@ from wsss.utils.atomic import atomic_path, write_yaml
 
 
 def read_probs(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(class ids (K,), probabilities (K,H,W) float32) from an infer ``probs/*.npz`` file."""
+    """(class ids (K,), scores (K,H,W) float32) from an infer ``probs/*.npz`` file."""
     try:
         with np.load(path) as f:
             ids, probs = f["classes"], f["probs"]
     except Exception as exc:
         raise WsssError(f"probability file {path} is unreadable or corrupt: {exc}") from None
-    if probs.ndim != 3 or ids.ndim != 1 or len(ids) != probs.shape[0] or probs.dtype != np.uint8:
-        raise WsssError(f"probability file {path} is malformed: classes {ids.shape}, probs {probs.shape} {probs.dtype}")
-    return ids, probs.astype(np.float32) / 255.0
+    if probs.ndim != 3 or ids.ndim != 1 or len(ids) != probs.shape[0] or probs.dtype != np.float16:
+        raise WsssError(f"probability file {path} is malformed: classes {ids.shape}, probs {probs.shape} {probs.dtype} "
+                        "(expected float16 scores, one row per class id); re-run `wsss infer`")
+    return ids, probs.astype(np.float32)
 
 
-def refine(image: np.ndarray, probs: np.ndarray, crf: dict) -> np.ndarray:
-    """Mean-field dense CRF; returns the index (into the K channels) of the most probable label per pixel."""
+def refine(image: np.ndarray, ids: np.ndarray, probs: np.ndarray, crf: dict, num_classes: int) -> np.ndarray:
+    """Mean-field dense CRF over ``probs`` (K, H, W) for the class ids ``ids`` (K,), background first.
+
+    ``image``: (H, W, 3) uint8 RGB. Returns the class id of every pixel, (H, W) uint8.
+    """
     import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
 
-    if crf["background"] == "fg_power" and probs.shape[0] > 1:
-        probs = probs.copy()
-        probs[0] = (1.0 - probs[1:].max(0)) ** crf["bg_power"]
-        probs /= probs.sum(0, keepdims=True).clip(min=1e-8)
+    probs = probs.copy()
+    if crf["background"] == "fg_power":
+        fg_max = probs[1:].max(0) if probs.shape[0] > 1 else np.zeros_like(probs[0])
+        probs[0] = (1.0 - fg_max) ** crf["bg_power"]
+    if crf["labels"] == "all":
+        full = np.zeros((num_classes, *probs.shape[1:]), dtype=np.float32)
+        full[ids.astype(np.int64)] = probs
+        probs, ids = full, np.arange(num_classes, dtype=np.uint8)
     k, h, w = probs.shape
     if k == 1:
-        return np.zeros((h, w), dtype=np.int64)
-    unary = np.ascontiguousarray(-np.log(np.clip(probs, crf["unary_clip"], 1.0)).reshape(k, -1), dtype=np.float32)
+        return np.full((h, w), ids[0], dtype=np.uint8)
     d = dcrf.DenseCRF2D(w, h, k)
-    d.setUnaryEnergy(unary)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs, clip=crf["unary_clip"])))
     d.addPairwiseGaussian(sxy=crf["gauss_sxy"], compat=crf["gauss_compat"])
     rgb = np.array(image, dtype=np.uint8, order="C")  # pydensecrf needs a C-contiguous, writable buffer
-    d.addPairwiseBilateral(sxy=crf["bi_sxy"], srgb=crf["bi_srgb"], rgbim=rgb,
-                           compat=crf["bi_compat"])
+    d.addPairwiseBilateral(sxy=crf["bi_sxy"], srgb=crf["bi_srgb"], rgbim=rgb, compat=crf["bi_compat"])
     q = np.asarray(d.inference(crf["iters"])).reshape(k, h, w)
-    return q.argmax(0)
+    return ids[q.argmax(0)].astype(np.uint8)
 
 
-def _one(name: str, image_dir: Path, probs_dir: Path, out_dir: Path, crf: dict) -> str:
+def _one(name: str, image_dir: Path, probs_dir: Path, out_dir: Path, crf: dict, num_classes: int) -> str:
     ids, probs = read_probs(probs_dir / f"{name}.npz")
     image = np.asarray(read_image(image_dir / f"{name}.jpg"))  # refine() makes the writable copy pydensecrf needs
     if image.shape[:2] != probs.shape[1:]:
         raise WsssError(f"probability file {probs_dir / name}.npz is {probs.shape[1:]} but image {name}.jpg is {image.shape[:2]}")
-    save_mask(ids[refine(image, probs, crf)].astype(np.uint8), out_dir / f"{name}.png")
+    save_mask(refine(image, ids, probs, crf, num_classes), out_dir / f"{name}.png")
     return name
 
 
@@ -71,13 +84,16 @@ def run(cfg: dict, args) -> None:
     probs_dir = paths.infer / "probs"
     if not probs_dir.is_dir():
         raise WsssError(f"inference output missing: {probs_dir}; run `wsss infer` first")
+    provenance.check_dataset(paths.data, cfg)
+    provenance.check_stage_dir(paths.infer, cfg, "infer")
     names = sorted(p.stem for p in probs_dir.glob("*.npz"))
     if not names:
         raise WsssError(f"no probability files in {probs_dir}")
     workers = cfg["crf"]["workers"] or os.cpu_count() or 1
     with atomic_path(paths.crf, directory=True) as tmp:
         (tmp / "masks").mkdir()
-        job = partial(_one, image_dir=paths.data / "JPEGImages", probs_dir=probs_dir, out_dir=tmp / "masks", crf=cfg["crf"])
+        job = partial(_one, image_dir=paths.data / "JPEGImages", probs_dir=probs_dir, out_dir=tmp / "masks", crf=cfg["crf"],
+                      num_classes=params.num_classes(cfg))
         bar = tqdm(total=len(names), desc="crf", unit="img", dynamic_ncols=True)
         if workers == 1:
             for name in names:

@@ -1,92 +1,173 @@
 """`wsss infer`: multi-scale + flip inference on the evaluation split.
 
-For every image: views at ``infer.scales`` (each also flipped when ``infer.flip``), run in chunks of
-at most ``infer.chunk`` views (padded to a common size), masks resized back, un-flipped and averaged.
-Class presence comes from the classifier (max over views of sigmoid(score) > fp_cut) or from the
-ground-truth image labels (the "clean" protocol). Background: a constant score or the averaged
-background mask raised to a power. Writes, atomically, into ``results/<dataset>/<split>/infer/``:
-``masks/<name>.png`` (class indices, VOC palette), ``probs/<name>.npz`` (the present classes and
-their probabilities quantised to uint8: what the CRF needs), ``scores.tsv`` and ``config.yaml``.
+For every image, as the public WS-FCN / SSSS inference does (``infer_val.py`` with its multi-scale
+loader and ``MergeMultiScale`` writer):
+
+1. a view per scale of ``infer.scales`` (each also flipped when ``infer.flip``): the RGB image
+   resized with PIL bicubic to ``round(W * s) x round(H * s)``, normalised;
+2. with ``infer.pad_size`` ``[H, W]`` each view is centred on a canvas of that size filled with
+   zeros after normalisation (the public code's ``PAD_SIZE``, 1024 x 1024 for VOC); with ``null``
+   each view runs at its own size. Either way, only views of one size share a forward pass, at most
+   ``infer.chunk`` of them, so no view sees another's padding and the result never depends on
+   ``chunk`` or on the order of ``infer.scales``;
+3. the model's masks upsampled to its input size (bilinear, ``align_corners=True``, as the public
+   model does at test time), the view's box cut out, resized to the image size (bilinear,
+   ``align_corners=False``), un-flipped, and averaged over the views in a fixed order;
+4. class presence: the classifier (max over views of sigmoid(score) > ``fp_cut``) or the
+   ground-truth image labels (the "clean" protocol); background: the constant ``bg_const`` (WS-FCN
+   code) or the averaged background mask raised to ``bg_power`` (SSSS code).
+
+Writes, atomically, into ``results/<dataset>/<split>/infer/``: ``masks/<name>.png`` (argmax over
+the background and the present classes, VOC palette), ``probs/<name>.npz`` (``classes``: the ids,
+background first; ``probs``: their float16 scores, the background by the rule above, the classes'
+averaged masks, not renormalised: what the CRF needs), ``scores.tsv`` and ``config.yaml``.
 """
 
 from __future__ import annotations
 
-import math
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
-from wsss import config as params
-from wsss.data.dataset import VOCSegmentation
+from wsss import config as params, provenance
+from wsss.data.dataset import VOCSegmentation, labels_from_mask, normalize, read_image, to_tensor
 from wsss.data.palette import save_mask
 from wsss.engine import checkpoint, device as devices
 from wsss.errors import WsssError
-from wsss.model.network import build_model
+from wsss.model import public_checkpoints
+from wsss.model.network import build_model, describe
 from wsss.paths import for_config
 from wsss.utils.atomic import atomic_path, write_yaml
 
-STRIDE = 8  # pad views to a multiple of the deepest output stride
-
 
 def views(scales: list[float], flip: bool) -> list[tuple[float, bool]]:
+    """The views of one image, ``(scale, flipped)``, in the order the public loader makes them."""
     return [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
 
 
+def view_size(size_hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """``(round(H * s), round(W * s))``, at least 1: the public loader's ``int(round(...))``."""
+    return max(1, int(round(size_hw[0] * scale))), max(1, int(round(size_hw[1] * scale)))
+
+
+def make_view(image: Image.Image, scale: float, flipped: bool) -> torch.Tensor:
+    """One view ``(3, h, w)``: PIL bicubic resize, optional horizontal flip, ImageNet normalisation."""
+    h, w = view_size((image.height, image.width), scale)
+    view = image.resize((w, h), resample=Image.BICUBIC) if (h, w) != (image.height, image.width) else image
+    if flipped:
+        view = view.transpose(Image.FLIP_LEFT_RIGHT)
+    return normalize(to_tensor(view))
+
+
+def place(view: torch.Tensor, pad_size: list[int] | None) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """The view on its canvas and its box ``(top, left, h, w)``: centred on a zero ``pad_size`` canvas
+    (top/left = half the padding, rounded down, as the public loader), or alone when ``pad_size`` is None."""
+    _, h, w = view.shape
+    if pad_size is None:
+        return view, (0, 0, h, w)
+    ph, pw = pad_size
+    if h > ph or w > pw:
+        raise ValueError(f"a {h}x{w} view does not fit the {ph}x{pw} canvas")
+    top, left = (ph - h) // 2, (pw - w) // 2
+    canvas = view.new_zeros((3, ph, pw))
+    canvas[:, top:top + h, left:left + w] = view
+    return canvas, (top, left, h, w)
+
+
 @torch.no_grad()
-def predict(model: torch.nn.Module, image: torch.Tensor, scales: list[float], flip: bool, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average masks (C,H,W) over the views and the max over views of sigmoid(class scores) (C-1,)."""
-    _, height, width = image.shape
+def predict(model: torch.nn.Module, image: Image.Image, scales: list[float], flip: bool, chunk: int,
+            pad_size: list[int] | None = None, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-scale + flip inference on one RGB image.
+
+    Returns the masks ``(C, H, W)`` averaged over the views (float32, each view's masks summing to 1
+    over C) and the class presence scores ``(C-1,)``: the max over views of sigmoid(class score).
+    Views of one size run together, at most ``chunk`` per forward pass; the result does not depend
+    on ``chunk`` or on the order of ``scales``. Raises ValueError when a view exceeds ``pad_size``.
+    """
+    height, width = image.height, image.width
     plan = views(scales, flip)
-    mask_sum, presence = None, None
-    for start in range(0, len(plan), chunk):
-        group = plan[start:start + chunk]
-        sizes = [(max(1, round(height * s)), max(1, round(width * s))) for s, _ in group]
-        pad_h = math.ceil(max(h for h, _ in sizes) / STRIDE) * STRIDE
-        pad_w = math.ceil(max(w for _, w in sizes) / STRIDE) * STRIDE
-        batch = image.new_zeros((len(group), 3, pad_h, pad_w))
-        for i, ((_, flipped), (h, w)) in enumerate(zip(group, sizes)):
-            view = F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            batch[i, :, :h, :w] = view.flip(-1) if flipped else view
-        out = model(batch)
-        masks = out["masks"].float()
-        stride = pad_h // masks.shape[-2]
-        for i, ((_, flipped), (h, w)) in enumerate(zip(group, sizes)):
-            # Only the cells covering the view, so the padding (which depends on the chunk) is never blended in.
-            rows, cols = math.ceil(h / stride), math.ceil(w / stride)
-            m = F.interpolate(masks[i:i + 1, :, :rows, :cols], size=(rows * stride, cols * stride), mode="bilinear", align_corners=False)
-            m = F.interpolate(m[:, :, :h, :w], size=(height, width), mode="bilinear", align_corners=False)[0]
-            m = m.flip(-1) if flipped else m
-            mask_sum = m if mask_sum is None else mask_sum + m
-        probs = torch.sigmoid(out["cls"].float()).amax(0)
-        presence = probs if presence is None else torch.maximum(presence, probs)
+    placed = {}
+    groups: dict[tuple[int, int], list[tuple[float, bool]]] = defaultdict(list)
+    for key in sorted(set(plan)):
+        canvas, box = place(make_view(image, *key), pad_size)
+        placed[key] = (canvas, box)
+        groups[tuple(canvas.shape[-2:])].append(key)
+    per_view, presence = {}, None
+    for size in sorted(groups):
+        members = groups[size]
+        for start in range(0, len(members), chunk):
+            keys = members[start:start + chunk]
+            out = model(torch.stack([placed[k][0] for k in keys]).to(device))
+            masks = F.interpolate(out["masks"].float(), size=size, mode="bilinear", align_corners=True)
+            for i, key in enumerate(keys):
+                top, left, h, w = placed[key][1]
+                m = F.interpolate(masks[i:i + 1, :, top:top + h, left:left + w], size=(height, width),
+                                  mode="bilinear", align_corners=False)[0]
+                per_view[key] = m.flip(-1) if key[1] else m
+            probs = torch.sigmoid(out["cls"].float()).amax(0)
+            presence = probs if presence is None else torch.maximum(presence, probs)
+    # A fixed summation order (sorted views), the same for every chunk and every order of scales; a
+    # view listed twice (a repeated scale) counts twice, as in the public loader.
+    mask_sum = sum(per_view[key] * plan.count(key) for key in sorted(per_view))
     return mask_sum / len(plan), presence
 
 
 def combine(masks: torch.Tensor, present: torch.Tensor, infer_cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Background + present foreground classes -> (class ids (K,), probabilities (K,H,W) summing to 1)."""
+    """Background + present foreground classes -> (class ids (K,) uint8, scores (K, H, W) float32).
+
+    ``scores[0]`` is the background by ``infer.background`` (the constant ``bg_const`` or the averaged
+    background mask ** ``bg_power``), ``scores[1:]`` the averaged masks of the present classes, not
+    renormalised (the public writers' ``mean_mask``; absent classes are zeroed there, left out here).
+    """
     fg_ids = torch.nonzero(present).flatten() + 1
     if infer_cfg["background"] == "power":
         bg = masks[0] ** infer_cfg["bg_power"]
     else:
         bg = torch.full_like(masks[0], infer_cfg["bg_const"])
-    stack = torch.cat([bg[None], masks[fg_ids]], 0).clamp_min(0)
-    stack = stack / stack.sum(0, keepdim=True).clamp_min(1e-8)
+    stack = torch.cat([bg[None], masks[fg_ids]], 0)
     ids = torch.cat([torch.zeros(1, dtype=torch.long), fg_ids.cpu()])
     return ids.numpy().astype(np.uint8), stack.cpu().numpy()
 
 
-def quantise(probs: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
+def check_canvas(dataset: VOCSegmentation, infer_cfg: dict) -> None:
+    """Refuse, before any compute, an image whose largest view does not fit ``infer.pad_size``."""
+    if infer_cfg["pad_size"] is None:
+        return
+    ph, pw = infer_cfg["pad_size"]
+    top = max(infer_cfg["scales"])
+    for name in dataset.names:
+        path = dataset.image_path(name)
+        with Image.open(path) as im:  # the header only
+            h, w = view_size((im.height, im.width), top)
+        if h > ph or w > pw:
+            raise WsssError(f"{path} ({im.width}x{im.height}) at scale {top} is {w}x{h}, larger than key "
+                            f"'infer.pad_size' {infer_cfg['pad_size']} (H, W): raise it or drop that scale")
 
 
 def load_model(cfg: dict, dev: torch.device, path: Path) -> torch.nn.Module:
-    state = checkpoint.load(path)
-    checkpoint.check_signature(state, cfg, path)
+    """The network in ``path``, in eval mode on ``dev``: a wsss checkpoint made under the current
+    params (else refused, naming the keys that differ), or a checkpoint the SSSS / WS-FCN authors
+    published (``wsss.model.public_checkpoints``), for the network the params describe."""
+    state = checkpoint.read(path)
     model = build_model(cfg, load_weights=False)
-    model.load_state_dict(state["model"])
+    if public_checkpoints.is_public(state):
+        names = describe(cfg)
+        if names["method"] != "single_stage" or names["backbone"] != "wr38":
+            raise WsssError(f"{path} is a public SSSS / WS-FCN checkpoint: it needs model.method single_stage and "
+                            f"model.backbone wr38 (params: {names['method']}, {names['backbone']})")
+        kind = public_checkpoints.load_into(model, state, path, names["context"], names["fusion"])
+        print(f"infer: loaded the public {kind} checkpoint {path}")
+    else:
+        if not checkpoint.is_wsss(state):
+            raise WsssError(f"checkpoint {path} is neither a wsss checkpoint nor a public SSSS / WS-FCN state dict")
+        checkpoint.check_made_by(state, cfg, path)
+        checkpoint.check_signature(state, cfg, path)
+        model.load_state_dict(state["model"])
     return model.to(dev).eval()
 
 
@@ -94,20 +175,27 @@ def run(cfg: dict, args) -> None:
     paths = for_config(cfg, args.results)
     icfg = cfg["infer"]
     dev = devices.resolve(icfg["device"])
-    model = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
+    provenance.check_dataset(paths.data, cfg)
     dataset = VOCSegmentation(paths.data, cfg["data"]["eval_split"], params.num_classes(cfg))
+    check_canvas(dataset, icfg)
+    model = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
     with atomic_path(paths.infer, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "probs").mkdir()
         score_rows = []
         for i in tqdm(range(len(dataset)), desc=f"infer {cfg['data']['eval_split']}", unit="img", dynamic_ncols=True):
-            item = dataset[i]
-            masks, scores = predict(model, item["image"].to(dev), icfg["scales"], icfg["flip"], icfg["chunk"])
-            present = item["labels"].to(dev) > 0 if icfg["presence"] == "gt" else scores > icfg["fp_cut"]
+            name = dataset.names[i]
+            image = read_image(dataset.image_path(name))
+            masks, scores = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev)
+            if icfg["presence"] == "gt":
+                _, mask = dataset.load(i)
+                present = torch.from_numpy(labels_from_mask(mask, dataset.num_classes)).to(dev) > 0
+            else:
+                present = scores > icfg["fp_cut"]
             ids, probs = combine(masks, present, icfg)
-            save_mask(ids[probs.argmax(0)], tmp / "masks" / f"{item['name']}.png")
-            np.savez_compressed(tmp / "probs" / f"{item['name']}.npz", classes=ids, probs=quantise(probs))
-            score_rows.append(item["name"] + "\t" + "\t".join(f"{v:.4f}" for v in scores.tolist()))
+            save_mask(ids[probs.argmax(0)], tmp / "masks" / f"{name}.png")
+            np.savez_compressed(tmp / "probs" / f"{name}.npz", classes=ids, probs=probs.astype(np.float16))
+            score_rows.append(name + "\t" + "\t".join(f"{v:.4f}" for v in scores.tolist()))
         if not score_rows:
             raise WsssError(f"split '{cfg['data']['eval_split']}' of {paths.data} is empty")
         header = "name\t" + "\t".join(f"c{c}" for c in range(1, params.num_classes(cfg)))
