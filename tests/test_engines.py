@@ -182,7 +182,7 @@ def test_snakemake_runs_the_whole_dag(snakemake_run):
     ("crf.bi_sxy", 50, {"crf", "evaluate"}),
     ("infer.fp_cut", 0.2, {"infer", "crf", "evaluate"}),
     ("model.fca", False, {"pretrain", "train", "infer", "crf", "evaluate"}),
-    ("train.pseudo_floor", 0.3, {"train", "infer", "crf", "evaluate"}),
+    ("presets.toy.train.pseudo_floor", 0.3, {"train", "infer", "crf", "evaluate"}),
 ])
 def test_snakemake_reruns_only_what_a_param_change_touches(snakemake_run, key, value, expected):
     params = snakemake_run / "params.yaml"

@@ -108,3 +108,11 @@ def test_classifier_bias_keeps_pytorchs_default_init():
     classifier = model.decoder[-1]
     bound = 1 / math.sqrt(classifier.weight[0].numel())
     assert classifier.bias.abs().max() <= bound and classifier.bias.abs().max() > bound / 4
+
+
+def test_the_coco_preset_takes_the_public_codes_coco_settings():
+    coco, voc = preset("coco"), preset("voc")
+    assert (coco["train"]["pamr_iters"], coco["model"]["focal_lambda"], coco["train"]["pseudo_floor"],
+            coco["train"]["pseudo_kappa_bg"]) == (5, 0.1, 0.1, 0.8)
+    assert (voc["train"]["pamr_iters"], voc["model"]["focal_lambda"], voc["train"]["pseudo_floor"],
+            voc["train"]["pseudo_kappa_bg"]) == (10, 0.01, 0.2, 0.7)
