@@ -184,3 +184,15 @@ def test_a_float_without_a_dot_is_a_float_in_overrides_and_in_params_yaml(tmp_pa
     proc = subprocess.run([sys.executable, "-m", "wsss.cli", "model-info", "--params", str(PARAMS), "-S", "train.lr=1e-3"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_mapping_override_merges_into_its_section_as_in_dvc(tmp_path):
+    from dvc.utils.hydra import apply_overrides
+    from dvc.utils.serialize import load_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS.read_text())
+    apply_overrides(path, ["crf={iters: 5, bi_srgb: 3}"])
+    theirs = load_yaml(path)["crf"]
+    ours = config.load([PARAMS], ["crf={iters: 5, bi_srgb: 3}"])["crf"]
+    assert ours == theirs and ours["iters"] == 5 and ours["bi_sxy"] == 30

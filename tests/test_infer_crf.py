@@ -210,3 +210,15 @@ def test_probability_files_round_trip_and_corrupt_ones_are_named(tmp_path):
     np.savez_compressed(old, classes=np.array([0, 7], np.uint8), probs=(probs * 255).astype(np.uint8))
     with pytest.raises(Exception, match="c.npz.*re-run `wsss infer`"):
         read_probs(old)
+
+
+def test_an_image_too_large_for_the_canvas_is_refused_before_any_compute(fake_voc_root):
+    from wsss.data.dataset import VOCSegmentation
+    from wsss.errors import WsssError
+    from wsss.stages.infer import check_canvas
+
+    dataset = VOCSegmentation(fake_voc_root, "val", 21)
+    check_canvas(dataset, {"pad_size": [400, 400], "scales": [1.0, 2.0]})
+    check_canvas(dataset, {"pad_size": None, "scales": [1.0, 2.0]})
+    with pytest.raises(WsssError, match=r"2011_000002.jpg \(103x77\) at scale 2.0 is 206x154, larger than key 'infer.pad_size' \[150, 400\]"):
+        check_canvas(dataset, {"pad_size": [150, 400], "scales": [1.0, 2.0]})

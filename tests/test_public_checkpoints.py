@@ -101,7 +101,8 @@ def test_an_unknown_or_missing_key_is_listed(case):
 def test_the_other_network_is_refused_with_the_overrides_that_select_it(case):
     kind, _, model, state = case
     other = ("fca", "sf2") if kind == "ssss" else ("aspp", "gci")
-    with pytest.raises(WsssError, match="model.f" if kind == "wsfcn" else "-S model.fca=false -S model.sf2=false"):
+    needed = "the defaults" if kind == "wsfcn" else "-S model.fca=false -S model.sf2=false"
+    with pytest.raises(WsssError, match=f"public {kind} checkpoint .*run with {needed}"):
         public.load_into(model, state, "released.pth", *other)
 
 

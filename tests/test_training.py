@@ -87,6 +87,36 @@ def test_infer_on_the_trained_model_depends_on_neither_chunk_nor_scale_order(pre
                                        atol=2e-4)  # printed to 4 decimals
 
 
+def test_clean_protocol_takes_the_classes_from_the_ground_truth(pretrained):
+    import numpy as np
+    from PIL import Image
+
+    from wsss.data.palette import load_mask
+
+    cwd, root = pretrained
+    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
+    if not (cwd / "results/toy/train.pt").exists():
+        assert wsss("train", cwd, root, *schedule).returncode == 0
+    proc = wsss("infer", cwd, root, *schedule, "infer.presence=gt", "infer.scales=[1.0]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for path in sorted((cwd / "results/toy/val/infer/probs").glob("*.npz")):
+        truth = load_mask(root / "toy" / "SegmentationClass" / f"{path.stem}.png")
+        assert set(np.load(path)["classes"].tolist()) == {0} | (set(np.unique(truth).tolist()) - {255})
+        predicted = set(np.unique(np.asarray(Image.open(cwd / "results/toy/val/infer/masks" / f"{path.stem}.png"))).tolist())
+        assert predicted <= set(np.unique(truth).tolist())
+
+
+def test_train_refuses_a_checkpoint_another_stage_wrote(pretrained, tmp_path):
+    cwd, root = pretrained
+    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
+    if not (cwd / "results/toy/train.pt").exists():
+        assert wsss("train", cwd, root, *schedule).returncode == 0
+    (tmp_path / "results/toy").mkdir(parents=True)
+    (tmp_path / "results/toy/pretrain.pt").write_bytes((cwd / "results/toy/train.pt").read_bytes())
+    proc = wsss("train", tmp_path, root, *schedule)
+    assert proc.returncode == 2 and "was written by `wsss train`, not by `wsss pretrain`" in proc.stderr
+
+
 def test_a_checkpoint_of_another_model_configuration_is_refused(pretrained):
     cwd, root = pretrained
     proc = wsss("train", cwd, root, "presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3", "model.fca=false")

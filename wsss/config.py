@@ -101,9 +101,16 @@ def _has_path(tree: dict, keys: list[str]) -> bool:
 
 
 def _set_path(tree: dict, keys: list[str], value: Any) -> None:
+    """Set ``tree[k1][k2]...`` to ``value``; a mapping merges into an existing mapping, key by key, as
+    ``dvc exp run -S 'crf={iters: 5}'`` does (Hydra merges it into the section)."""
     node = tree
     for key in keys[:-1]:
         node = node[key]
+    if isinstance(value, dict) and isinstance(node.get(keys[-1]), dict):
+        merged = copy.deepcopy(node[keys[-1]])
+        for sub, item in value.items():
+            _set_path(merged, [sub], item)
+        value = merged
     node[keys[-1]] = value
 
 

@@ -4,12 +4,15 @@ Every stage records the resolved configuration it ran with beside its outputs (`
 ``data``, the checkpoints' ``config``, ``infer/config.yaml``, ``crf/config.yaml``). The keys a stage
 depends on are declared once in ``workflow/stages.yaml`` (both engines re-run a stage when one of
 them changes). A stage that reads another stage's output compares that producer's keys, as
-recorded, with its own configuration, and refuses to run when any differ: otherwise, run by hand, it
-would train or score on an input that does not match the parameters it writes into its own record.
+recorded, with its own configuration: the producer's own keys and those of every stage before it
+(``after`` in stages.yaml), since a recorded configuration is a whole one. It refuses to run when any
+differ: otherwise, run by hand, it would train or score on an input that does not match the
+parameters it writes into its own record.
 """
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,18 @@ def stage_keys(stage: str) -> list[str]:
     return list(stages[stage]["params"])
 
 
+def keys_through(stage: str) -> list[str]:
+    """The keys ``stage`` depends on and those of every stage before it (``after`` in workflow/stages.yaml):
+    all that went into its outputs."""
+    seen: dict[str, None] = {}
+    todo = [stage]
+    while todo:
+        current = todo.pop()
+        seen.update(dict.fromkeys(stage_keys(current)))
+        todo += _stages()[current].get("after", [])
+    return list(seen)
+
+
 def lookup(cfg: dict, key: str, default: Any = _MISSING) -> Any:
     """The value at a dotted ``key`` of a nested mapping; ``default`` (else KeyError) when absent."""
     node: Any = cfg
@@ -66,13 +81,15 @@ def _leaves(value: Any, prefix: str) -> dict[str, Any]:
 
 
 def differences(recorded: dict, cfg: dict, stage: str) -> list[str]:
-    """``"key: input made with X, params give Y"`` for each leaf key of ``stage``'s slice that differs
-    (``EXECUTION_KEYS`` aside)."""
+    """``"key: input made with X, params give Y"`` for each leaf key that differs among those that went into
+    an output of ``stage`` (``keys_through``), ``EXECUTION_KEYS`` aside, and ``data.toy`` unless the dataset is toy."""
     out = []
-    for key in stage_keys(stage):
+    for key in keys_through(stage):
         theirs = _leaves(lookup(recorded, key, None), key)
         ours = _leaves(lookup(cfg, key), key)
         for leaf in sorted((set(theirs) | set(ours)) - EXECUTION_KEYS):
+            if leaf.startswith("data.toy.") and cfg["data"]["name"] != "toy":
+                continue  # the embedded dataset's knobs make no other dataset
             a, b = theirs.get(leaf, "<absent>"), ours.get(leaf, "<absent>")
             if a != b:
                 out.append(f"{leaf}: input made with {a!r}, params give {b!r}")
@@ -92,14 +109,14 @@ def check_input(recorded: dict, cfg: dict, stage: str, path: str | Path) -> None
 
 
 def read_recorded(path: Path, missing: str | None = None) -> dict:
-    """The configuration recorded in a YAML (or JSON) file beside a stage's outputs; ``missing``: the
-    error when the file is absent."""
+    """The configuration recorded beside a stage's outputs (``config.yaml``, ``prepared.json``); ``missing``:
+    the error when the file is absent."""
     if not path.is_file():
         raise WsssError(missing or f"{path} is missing: the output beside it was not made by a complete `wsss` "
                         "stage run; re-run that stage")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise WsssError(f"{path} is unreadable: {exc}") from None
     if not isinstance(data, dict):
         raise WsssError(f"{path} does not hold a configuration")
