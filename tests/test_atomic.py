@@ -47,3 +47,14 @@ def test_leftovers_of_a_killed_writer_are_removed(tmp_path):
     assert not list(tmp_path.glob(".tmp-infer-*"))
     assert (target / "y").read_text() == "done"
     assert (target.stat().st_mode & 0o777) != 0o700, "outputs get the usual modes, not mkdtemp's private ones"
+
+
+def test_a_rerun_replaces_the_whole_directory(tmp_path):
+    target = tmp_path / "masks"
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "a.png").write_text("old")
+        (tmp / "stale.png").write_text("old")
+    with atomic_path(target, directory=True) as tmp:
+        (tmp / "a.png").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["a.png"] and (target / "a.png").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["masks"]

@@ -55,6 +55,17 @@ def test_hand_computed_confusion_and_absent_class():
     assert scores(conf, absent="one")["miou"] == pytest.approx((0.5 + 0.6 + 1 + 1) / 4)
 
 
+def test_confusion_rows_are_ground_truth_and_columns_predictions():
+    gt = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 1, 1])
+    conf = confusion(gt, pred, 3)
+    assert conf.tolist() == [[1, 2, 0], [0, 2, 0], [0, 1, 0]]
+    s = scores(conf)
+    np.testing.assert_allclose(s["precision"], [1.0, 2 / 5, 0.0])
+    np.testing.assert_allclose(s["recall"], [1 / 3, 1.0, 0.0])
+    np.testing.assert_allclose(s["iou"], [1 / 3, 2 / 5, 0.0])
+
+
 def _tree(root: Path, names, n, rng):
     """Ground truth and two mask sets, each folder recording the configuration it was made with."""
     cfg = config.load([REPO / "params.yaml"])
@@ -86,6 +97,7 @@ def test_evaluate_stage_writes_table_metrics_and_figure(tmp_path, monkeypatch):
     expected = scores(sum(confusion(g, p, n) for g, p in pairs.values()))
     assert metrics["miou"] == pytest.approx(expected["miou"], abs=1e-6)
     assert metrics["pixel_acc_crf"] == pytest.approx(1.0)  # the "crf" masks are the ground truth
+    assert metrics["miou_crf"] == pytest.approx(1.0) and metrics["miou"] < 0.9
     assert list(table["class"])[-1] == "mean" and len(table) == n + 1
     assert table["iou"].iloc[-1] == pytest.approx(expected["miou"], abs=1e-6)
     assert (tmp_path / "results" / "toy_val_iou.png").stat().st_size > 1000

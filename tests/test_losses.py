@@ -226,3 +226,21 @@ def test_build_loss_by_method():
     cfg["train"]["pamr_dilations"] = []
     with pytest.raises(WsssError, match="train.pamr_dilations"):
         build_loss(cfg)
+
+
+def test_pamr_moves_soft_pseudo_labels_to_the_colour_edge():
+    # A soft mask whose class-1 region reaches 3 columns past a vertical colour edge in a 3-channel image:
+    # without PAMR those columns would be labelled 1; with it they follow the edge (the public loss refines).
+    size = 16
+    raw = torch.zeros(1, 3, size, size)
+    raw[:, 0, :, : size // 2] = 0.9   # red object on the left
+    raw[:, 2, :, size // 2:] = 0.9    # blue background on the right
+    fg = torch.zeros(size, size)
+    fg[:, : size // 2 + 3] = 0.7
+    masks = torch.stack([1 - fg, fg])[None]
+    out = {"masks": masks, "logits": masks.log(), "cls": torch.zeros(1, 1)}
+    labels = torch.ones(1, 1)
+    with_pamr = SingleStageLoss(load_cfg()).make_pseudo(out, raw, labels)
+    without = SingleStageLoss(load_cfg("train.pamr_iters=0")).make_pseudo(out, raw, labels)
+    assert (without[0, :, size // 2:size // 2 + 3] == 1).all()
+    assert (with_pamr[0, :, size // 2 + 1:size // 2 + 3] == 0).all() and (with_pamr[0, :, :size // 2 - 1] == 1).all()

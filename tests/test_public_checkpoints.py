@@ -111,8 +111,15 @@ def test_infer_loads_a_released_file_as_it_is(tmp_path, one_thread):
     path = tmp_path / "model_enc_e018Xs0.905.pth"
     torch.save(state, path)
     cfg = config.load([PARAMS], ["data.name=voc"])
-    model = load_model(cfg, torch.device("cpu"), path)
+    model, source = load_model(cfg, torch.device("cpu"), path)
+    assert source["made_by"] == "public wsfcn checkpoint" and len(source["sha256"]) == 64
     assert not model.training
     assert torch.equal(model.state_dict()["fusion.align.flow.weight"], state["align1.flow_make.weight"])
     with pytest.raises(WsssError, match="public wsfcn checkpoint"):
         load_model(config.load([PARAMS], ["data.name=voc", "model.sf2=false"]), torch.device("cpu"), path)
+
+
+def test_a_backbone_weights_file_is_named_and_pointed_to_model_weights():
+    backbone = {"conv1a.weight": torch.zeros(64, 3, 3, 3), "b2.bn_branch2a.weight": torch.zeros(64)}
+    with pytest.raises(WsssError, match=r"ilsvrc.pth: not a public SSSS / WS-FCN checkpoint.*go in model.weights"):
+        public.load_into(torch.nn.Module(), backbone, "ilsvrc.pth", "fca", "sf2")

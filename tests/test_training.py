@@ -53,6 +53,10 @@ def test_train_continues_from_pretrain_with_segmentation_on(pretrained):
     assert state["epoch"] == 3
     rows = [r.split("\t") for r in (cwd / "results/toy/train_log.tsv").read_text().splitlines()[1:]]
     assert rows and all(r[0] == "train" and int(r[1]) == 2 for r in rows)
+    header = (cwd / "results/toy/train_log.tsv").read_text().splitlines()[0].split("\t")
+    seg, valid = [float(r[header.index("seg")]) for r in rows], [float(r[header.index("pseudo_valid")]) for r in rows]
+    assert all(0 <= v <= 1 for v in valid), "pseudo-labels are made in every logged step"
+    assert any(s > 0 for s in seg), "the segmentation term is on after cls_epochs"
     pretrain_steps = [int(r.split("\t")[2]) for r in (cwd / "results/toy/pretrain_log.tsv").read_text().splitlines()[1:]]
     assert int(rows[0][2]) > max(pretrain_steps), "steps count on across the two stages"
 
@@ -156,3 +160,10 @@ def test_killed_pretrain_resumes_from_the_last_epoch(toy_root, tmp_path):
     assert epochs == sorted(epochs) and set(epochs) == set(range(8)), "each epoch logged once, in order"
     steps = [int(r.split("\t")[2]) for r in (tmp_path / "results/toy/pretrain_log.tsv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps)), "steps go on from where the killed run stopped"
+    whole = tmp_path / "uninterrupted"
+    whole.mkdir()
+    assert wsss("pretrain", whole, toy_root.parent, *schedule).returncode == 0
+    resumed = torch.load(tmp_path / "results/toy/pretrain.pt", map_location="cpu", weights_only=False)
+    straight = torch.load(whole / "results/toy/pretrain.pt", map_location="cpu", weights_only=False)
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), f"{key}: a resumed run must end where an uninterrupted one does"

@@ -242,7 +242,8 @@ def _from_archives(archives: dict[str, Path], out_dir: Path, progress: bool) -> 
 
 
 def _from_voc_folder(source: Path, data_cfg: dict, out_dir: Path, progress: bool) -> dict[str, list[str]]:
-    """Verify a VOC-format folder and link (or copy) its listed files into ``out_dir``."""
+    """Verify a VOC-format folder and link (or copy) its listed files into ``out_dir``; its
+    ``SegmentationClassAug/`` too when it holds every train_aug mask."""
     from wsss.data.dataset import verify_root
 
     seg = source / "ImageSets" / "Segmentation"
@@ -260,6 +261,11 @@ def _from_voc_folder(source: Path, data_cfg: dict, out_dir: Path, progress: bool
     for name in tqdm(names, desc="link VOC-format copy", unit="img", disable=not progress):
         _link_or_copy(source / "JPEGImages" / f"{name}.jpg", out_dir / "JPEGImages" / f"{name}.jpg")
         _link_or_copy(source / "SegmentationClass" / f"{name}.png", out_dir / "SegmentationClass" / f"{name}.png")
+    aug = lists.get("train_aug", [])
+    if aug and all((source / AUG_MASKS / f"{name}.png").is_file() for name in aug):
+        (out_dir / AUG_MASKS).mkdir(exist_ok=True)
+        for name in tqdm(aug, desc=f"link {AUG_MASKS}", unit="img", disable=not progress):
+            _link_or_copy(source / AUG_MASKS / f"{name}.png", out_dir / AUG_MASKS / f"{name}.png")
     write_lists(out_dir, lists)
     return lists
 

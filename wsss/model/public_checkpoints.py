@@ -126,7 +126,12 @@ def load_into(model: torch.nn.Module, state: dict, path: str | Path, context: st
     Refuses a checkpoint of the other network (naming the overrides that select it), and one whose
     keys or shapes do not fit, listing the missing, unexpected and wrongly shaped keys.
     """
-    kind = flavour(state)
+    try:
+        kind = flavour(state)
+    except WsssError as exc:
+        backbone_only = all(re.match(_BACKBONE[0], k.removeprefix("module.")) for k in state)
+        hint = "; backbone weights (e.g. ImageNet) go in model.weights" if backbone_only else ""
+        raise WsssError(f"{path}: {exc}{hint}") from None
     expected, overrides = ARCHITECTURES[kind]
     if (context, fusion) != expected:
         raise WsssError(f"{path} is a public {kind} checkpoint ({expected[0]} + {expected[1]}), but params build "

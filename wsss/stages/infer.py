@@ -17,7 +17,8 @@ loader and ``MergeMultiScale`` writer):
    ground-truth image labels (the "clean" protocol); background: the constant ``bg_const`` (WS-FCN
    code) or the averaged background mask raised to ``bg_power`` (SSSS code).
 
-Writes, atomically, into ``results/<dataset>/<split>/infer/``: ``masks/<name>.png`` (argmax over
+Writes, atomically, into ``results/<dataset>/<split>/infer/``: ``checkpoint.yaml`` (the model file,
+its SHA-256 and the stage or release that made it), ``masks/<name>.png`` (argmax over
 the background and the present classes, VOC palette), ``probs/<name>.npz`` (``classes``: the ids,
 background first; ``probs``: their float16 scores, the background by the rule above, the classes'
 averaged masks, not renormalised: what the CRF needs), ``scores.tsv`` and ``config.yaml``.
@@ -25,6 +26,7 @@ averaged masks, not renormalised: what the CRF needs), ``scores.tsv`` and ``conf
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -84,8 +86,8 @@ def predict(model: torch.nn.Module, image: Image.Image, scales: list[float], fli
             pad_size: list[int] | None = None, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-scale + flip inference on one RGB image.
 
-    Returns the masks ``(C, H, W)`` averaged over the views (float32, each view's masks summing to 1
-    over C) and the class presence scores ``(C-1,)``: the max over views of sigmoid(class score).
+    Returns the masks ``(C, H, W)`` averaged over the views (float32; for the single-stage network
+    each view's masks sum to 1 over C, the CAM baseline's need not) and the class presence scores ``(C-1,)``: the max over views of sigmoid(class score).
     Views of one size run together, at most ``chunk`` per forward pass; the result does not depend
     on ``chunk`` or on the order of ``scales``. Raises ValueError when a view exceeds ``pad_size``.
     """
@@ -149,8 +151,19 @@ def check_canvas(dataset: VOCSegmentation, infer_cfg: dict) -> None:
                             f"'infer.pad_size' {infer_cfg['pad_size']} (H, W): raise it or drop that scale")
 
 
-def load_model(cfg: dict, dev: torch.device, path: Path) -> torch.nn.Module:
-    """The network in ``path``, in eval mode on ``dev``: a wsss checkpoint made under the current
+def describe_checkpoint(path: Path, state: object) -> dict:
+    """What ``infer`` writes to ``checkpoint.yaml``: the file, its SHA-256 and what made it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    made_by = (f"public {public_checkpoints.flavour(state)} checkpoint" if public_checkpoints.is_public(state)
+               else f"wsss {checkpoint.made_by(state)}")
+    return {"path": str(path), "sha256": digest.hexdigest(), "made_by": made_by}
+
+
+def load_model(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Module, dict]:
+    """The network in ``path``, in eval mode on ``dev``, and ``describe_checkpoint``'s record of it: a wsss checkpoint made under the current
     params (else refused, naming the keys that differ), or a checkpoint the SSSS / WS-FCN authors
     published (``wsss.model.public_checkpoints``), for the network the params describe."""
     state = checkpoint.read(path)
@@ -168,7 +181,7 @@ def load_model(cfg: dict, dev: torch.device, path: Path) -> torch.nn.Module:
         checkpoint.check_made_by(state, cfg, path)
         checkpoint.check_signature(state, cfg, path)
         model.load_state_dict(state["model"])
-    return model.to(dev).eval()
+    return model.to(dev).eval(), describe_checkpoint(path, state)
 
 
 def run(cfg: dict, args) -> None:
@@ -178,7 +191,7 @@ def run(cfg: dict, args) -> None:
     provenance.check_dataset(paths.data, cfg)
     dataset = VOCSegmentation(paths.data, cfg["data"]["eval_split"], params.num_classes(cfg))
     check_canvas(dataset, icfg)
-    model = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
+    model, source = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
     with atomic_path(paths.infer, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "probs").mkdir()
@@ -201,4 +214,5 @@ def run(cfg: dict, args) -> None:
         header = "name\t" + "\t".join(f"c{c}" for c in range(1, params.num_classes(cfg)))
         (tmp / "scores.tsv").write_text(header + "\n" + "\n".join(score_rows) + "\n")
         write_yaml(tmp / "config.yaml", cfg)
+        write_yaml(tmp / "checkpoint.yaml", source)
     print(f"infer: wrote {len(score_rows)} masks to {paths.infer}")
