@@ -40,9 +40,10 @@ def scores(conf: np.ndarray, absent: str = "zero") -> dict:
     ``"zero"``: IoU 0, kept in the mean (the public SSSS and WS-FCN evaluators:
     ``TP / (TP + FP + FN + eps)``, averaged over every class); ``"nan"``: left out of the mean (NaN
     in the table); ``"one"``: a perfect 1.0. A precision with no prediction of the class (a recall
-    with no ground truth of it) is 0 under ``"zero"`` (the public evaluators), NaN otherwise. ``miou`` is the mean over all classes, background
-    included (the papers' number, the public evaluators' "with background" line); ``miou_fg`` the
-    mean over the foreground classes (the line the public evaluators print first).
+    with no ground truth of it) is 0 under ``"zero"`` (the public evaluators), NaN otherwise.
+    ``miou`` is the mean over all classes, background included (the papers' number, the public
+    evaluators' "with background" line); ``miou_fg`` the mean over the foreground classes (the line
+    the public evaluators print first).
     """
     if absent not in ABSENT_RULES:
         raise ValueError(f"absent-class rule {absent!r} is not one of {', '.join(ABSENT_RULES)}")

@@ -14,8 +14,9 @@ from wsss.errors import WsssError
 
 
 class TrainTransform:
-    """RandomResizedCrop (image bicubic, as the public SSSS / WS-FCN ``transforms.py``; mask nearest) to a square ``crop_size``, flip with
-    probability ``hflip``, then ColorJitter(brightness, contrast, saturation, hue) on the image only.
+    """RandomResizedCrop (image bicubic, as the public SSSS / WS-FCN ``transforms.py``; mask nearest)
+    to a square ``crop_size``, flip with probability ``hflip``, then ColorJitter(brightness,
+    contrast, saturation, hue) on the image only.
 
     Called with PIL images, returns PIL images; randomness comes from torch's generator, so each
     data-loader worker draws its own.

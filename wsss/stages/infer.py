@@ -37,7 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from wsss import config as params, provenance
-from wsss.data.dataset import VOCSegmentation, labels_from_mask, normalize, read_image, to_tensor
+from wsss.data.dataset import VOCSegmentation, labels_from_mask, normalize, to_tensor
 from wsss.data.palette import save_mask
 from wsss.engine import checkpoint, device as devices
 from wsss.errors import WsssError
@@ -87,7 +87,8 @@ def predict(model: torch.nn.Module, image: Image.Image, scales: list[float], fli
     """Multi-scale + flip inference on one RGB image.
 
     Returns the masks ``(C, H, W)`` averaged over the views (float32; for the single-stage network
-    each view's masks sum to 1 over C, the CAM baseline's need not) and the class presence scores ``(C-1,)``: the max over views of sigmoid(class score).
+    each view's masks sum to 1 over C, the CAM baseline's need not) and the class presence scores
+    ``(C-1,)``: the max over views of sigmoid(class score).
     Views of one size run together, at most ``chunk`` per forward pass; the result does not depend
     on ``chunk`` or on the order of ``scales``. Raises ValueError when a view exceeds ``pad_size``.
     """
@@ -163,9 +164,11 @@ def describe_checkpoint(path: Path, state: object) -> dict:
 
 
 def load_model(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Module, dict]:
-    """The network in ``path``, in eval mode on ``dev``, and ``describe_checkpoint``'s record of it: a wsss checkpoint made under the current
-    params (else refused, naming the keys that differ), or a checkpoint the SSSS / WS-FCN authors
-    published (``wsss.model.public_checkpoints``), for the network the params describe."""
+    """The network in ``path``, in eval mode on ``dev``, and ``describe_checkpoint``'s record of it.
+
+    ``path``: a wsss checkpoint made under the current params (else refused, naming the keys that
+    differ), or a checkpoint the SSSS / WS-FCN authors published (``wsss.model.public_checkpoints``),
+    for the network the params describe."""
     state = checkpoint.read(path)
     model = build_model(cfg, load_weights=False)
     if public_checkpoints.is_public(state):
@@ -198,10 +201,9 @@ def run(cfg: dict, args) -> None:
         score_rows = []
         for i in tqdm(range(len(dataset)), desc=f"infer {cfg['data']['eval_split']}", unit="img", dynamic_ncols=True):
             name = dataset.names[i]
-            image = read_image(dataset.image_path(name))
+            image, mask = dataset.load(i)  # one decode of each file, the mask checked
             masks, scores = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev)
             if icfg["presence"] == "gt":
-                _, mask = dataset.load(i)
                 present = torch.from_numpy(labels_from_mask(mask, dataset.num_classes)).to(dev) > 0
             else:
                 present = scores > icfg["fp_cut"]
