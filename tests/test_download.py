@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 
@@ -101,13 +100,12 @@ def test_local_archives_need_no_server(mini_archives, tmp_path, closed_url, monk
     assert not (tmp_path / "downloads").exists()
 
 
-def test_no_network_and_no_source_fails_fast_with_instructions(tmp_path, closed_url, monkeypatch):
+def test_no_network_and_no_source_fails_with_instructions(tmp_path, closed_url, monkeypatch):
+    """How fast it gives up is a benchmark figure: tests/benchmarks/bench_download.py."""
     monkeypatch.setenv("WSSS_VOC_URL", closed_url)
     monkeypatch.setenv("WSSS_SBD_URL", closed_url)
-    start = time.monotonic()
     with pytest.raises(WsssError) as err:
         prepare_voc(voc_data_cfg(tmp_path), tmp_path / "voc", progress=False)
-    assert time.monotonic() - start < 10
     message = str(err.value)
     for needle in ("data.source", "VOCtrainval_11-May-2012.tar", "benchmark.tgz", "WSSS_VOC_URL", "WSSS_SBD_URL",
                    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar", "data.downloads"):
@@ -145,8 +143,6 @@ def test_weights_download_from_a_mirror(http_server, tmp_path, monkeypatch):
 
 def test_weights_without_network(tmp_path, closed_url, monkeypatch):
     monkeypatch.setenv("WSSS_WR38_URL", closed_url)
-    start = time.monotonic()
     with pytest.raises(WsssError, match="model.weights") as err:
         fetch_weights("wr38", tmp_path, None, progress=False)
-    assert time.monotonic() - start < 10
     assert "ilsvrc-cls_rna-a1_cls1000_ep-0001.pth" in str(err.value) and "WSSS_WR38_URL" in str(err.value)

@@ -61,8 +61,8 @@ def set_param(params_file: Path, dotted: str, value) -> None:
 
 
 def make_copy(dest: Path, reduced: bool = True) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
     """A git repository holding the tracked files of this one (plus uncommitted edits)."""
+    dest.mkdir(parents=True, exist_ok=True)
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     for rel in files:

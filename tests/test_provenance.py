@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from wsss import config, provenance
 from wsss.errors import WsssError
 
@@ -18,9 +17,8 @@ TINY = ["data.toy.min_size=48", "data.toy.max_size=56", "data.toy.n_val=8", "pre
 
 
 def wsss(stage: str, cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "wsss.cli", stage, *[a for o in TINY + list(overrides) for a in ("-S", o)]]
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    """`wsss <stage>` in ``cwd`` (its params.yaml) on the tiny dataset, in this process."""
+    return run_cli([stage, *[a for o in TINY + list(overrides) for a in ("-S", o)]], cwd)
 
 
 def test_differences_name_every_leaf_key():
