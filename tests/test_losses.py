@@ -1,3 +1,5 @@
+import copy
+import functools
 import math
 
 import pytest
@@ -13,9 +15,12 @@ from wsss.model.losses import (
     balanced_class_weights,
     balanced_seg_loss,
     build_loss,
+    check_label_values,
     class_pixel_counts,
+    upsample,
     valid_images,
 )
+from wsss.model.pamr import PAMR
 from wsss.model.scores import classification_loss
 
 PARAMS = config.REPO_ROOT / "params.yaml"
@@ -244,3 +249,242 @@ def test_pamr_moves_soft_pseudo_labels_to_the_colour_edge():
     without = SingleStageLoss(load_cfg("train.pamr_iters=0")).make_pseudo(out, raw, labels)
     assert (without[0, :, size // 2:size // 2 + 3] == 1).all()
     assert (with_pamr[0, :, size // 2 + 1:size // 2 + 3] == 0).all() and (with_pamr[0, :, :size // 2 - 1] == 1).all()
+
+
+# --------------------------------------------------------------------------- helpers, messages, configs
+
+LN2 = math.log(2)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_cfg() -> dict:
+    return load_cfg()
+
+
+def default_cfg() -> dict:
+    """A fresh copy of the validated params.yaml configuration (loading and validating it once)."""
+    return copy.deepcopy(_default_cfg())
+
+
+def test_upsample_is_a_no_op_at_the_target_size():
+    x = torch.rand(2, 3, 4, 5)
+    assert upsample(x, (4, 5)) is x
+    chw = torch.rand(3, 4, 5)  # only the last two dimensions are the size
+    assert upsample(chw, (4, 5)) is chw
+
+
+def test_upsample_is_bilinear_with_aligned_corners():
+    x = torch.tensor([[[[0.0, 3.0], [6.0, 9.0]]]])
+    up = upsample(x, (2, 4))
+    # corners aligned: the 4 output columns sample the input at 0, 1/3, 2/3, 1
+    assert torch.allclose(up, torch.tensor([[[[0.0, 1.0, 2.0, 3.0], [6.0, 7.0, 8.0, 9.0]]]]))
+
+
+def test_a_label_equal_to_num_classes_is_refused_with_a_named_message():
+    message = r"^pseudo labels hold values outside 0\.\.1 and 255 \(ignore_index\)$"
+    with pytest.raises(WsssError, match=message):
+        class_pixel_counts(torch.tensor([[0, 2]]), 2)
+    with pytest.raises(WsssError, match=message):
+        class_pixel_counts(torch.tensor([[-1, 0]]), 2)
+    assert class_pixel_counts(torch.tensor([[1, 255, 1]]), 2).tolist() == [[0.0, 2.0]]
+    with pytest.raises(WsssError, match=r"^masks hold values outside 0\.\.2 and 9 \(ignore_index\)$"):
+        check_label_values(torch.tensor([3]), 3, 9, "masks")
+    check_label_values(torch.tensor([0, 2, 9]), 3, 9, "masks")
+
+
+def test_balanced_loss_with_another_ignore_index():
+    pseudo = torch.tensor([[[0, 0, 1], [1, 250, 0]]])
+    loss, valid = balanced_seg_loss(torch.zeros(1, 2, 2, 3), pseudo, torch.tensor([[1.0]]), ignore_index=250)
+    assert valid.tolist() == [True]
+    # as with 255: weights 1/3 (3 background pixels) and 1/2 (2 of class 1), CE ln 2, mean over 6 pixels
+    assert loss.item() == pytest.approx(2 * LN2 / 6, rel=1e-6)
+
+
+def test_balanced_loss_shape_errors_name_both_shapes():
+    labels = torch.tensor([[1.0]])
+    with pytest.raises(WsssError, match=(r"^balanced_seg_loss: logits \(1, 2, 2, 3\) must be \(B, C, H, W\) and pseudo "
+                                         r"labels \(1, 3, 2\) \(B, H, W\) of the same size$")):
+        balanced_seg_loss(torch.zeros(1, 2, 2, 3), torch.zeros(1, 3, 2, dtype=torch.long), labels)
+    with pytest.raises(WsssError, match=r"^balanced_seg_loss: logits \(2, 3\) must be"):
+        balanced_seg_loss(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), labels)
+    with pytest.raises(WsssError, match=(r"^balanced_seg_loss: labels \(1, 1\) must be \(B, C-1\) for logits "
+                                         r"\(1, 3, 2, 2\)$")):
+        balanced_seg_loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), labels)
+    with pytest.raises(WsssError, match=r"^key 'train\.seg_reduction': 'sum' is not allowed \(allowed: valid, batch\)$"):
+        balanced_seg_loss(torch.zeros(1, 2, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), labels, reduction="sum")
+
+
+def test_missing_network_outputs_and_label_shapes_are_named():
+    labels = torch.ones(1, 1)
+    cfg = default_cfg()
+    for loss in (CAMLoss(cfg), SingleStageLoss(cfg), SupervisedLoss(cfg)):
+        with pytest.raises(WsssError, match=r"^network output: missing key 'cls'$"):
+            loss({"logits": torch.zeros(1, 2, 2, 2)}, torch.zeros(1, 3, 2, 2), labels, True)
+        with pytest.raises(WsssError, match=r"^labels \(1, 1\) do not match the class scores \(1, 2\)$"):
+            loss({"cls": torch.zeros(1, 2)}, torch.zeros(1, 3, 2, 2), labels, True)
+    masks = torch.full((1, 2, 2, 2), 0.5)
+    with pytest.raises(WsssError, match=r"^network output: missing key 'logits'$"):
+        SingleStageLoss(cfg)({"cls": torch.zeros(1, 1), "masks": masks}, torch.zeros(1, 3, 2, 2), labels, True)
+    with pytest.raises(WsssError, match=r"^network output: missing key 'logits'$"):
+        SupervisedLoss(cfg)({"cls": torch.zeros(1, 1)}, None, labels, True, mask=torch.zeros(1, 2, 2))
+
+
+@pytest.mark.parametrize("key", ["seg_weight", "pseudo_kappa_bg", "pseudo_kappa_fg", "pseudo_floor", "pamr_iters",
+                                 "pamr_dilations"])
+def test_single_stage_config_errors_name_the_missing_key(key):
+    cfg = default_cfg()
+    del cfg["train"][key]
+    with pytest.raises(WsssError, match=rf"^config section 'train': missing key '{key}'$"):
+        SingleStageLoss(cfg)
+
+
+def _without(section, key=None):
+    def edit(cfg):
+        del (cfg[section] if key else cfg)[key or section]
+    return edit
+
+
+def _setting(section, key, value):
+    def edit(cfg):
+        cfg[section][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("build,edit,message", [
+    (SingleStageLoss, _without("train"), r"^config: missing key 'train'$"),
+    (SupervisedLoss, _without("train"), r"^config: missing key 'train'$"),
+    (SupervisedLoss, _without("train", "seg_weight"), r"^config section 'train': missing key 'seg_weight'$"),
+    (SupervisedLoss, _without("train", "supervised_loss"), r"^config section 'train': missing key 'supervised_loss'$"),
+    (SupervisedLoss, _setting("train", "supervised_loss", "focal"),
+     r"^key 'train\.supervised_loss': 'focal' is not allowed \(allowed: balanced, ce\)$"),
+    (SingleStageLoss, _setting("train", "seg_reduction", "sum"),
+     r"^key 'train\.seg_reduction': 'sum' is not allowed \(allowed: valid, batch\)$"),
+    (SingleStageLoss, _setting("train", "seg_weight", -1), r"^key 'train\.seg_weight': -1\.0 must be >= 0$"),
+    (build_loss, _without("model"), r"^config: missing key 'model'$"),
+    (build_loss, _without("model", "method"), r"^config section 'model': missing key 'method'$"),
+    (build_loss, _setting("model", "method", "two_stage"),
+     r"^key 'model\.method': 'two_stage' is not allowed \(allowed: single_stage, cam\)$"),
+])
+def test_config_errors_name_the_section_and_the_allowed_values(build, edit, message):
+    cfg = default_cfg()
+    edit(cfg)
+    with pytest.raises(WsssError, match=message):
+        build(cfg)
+
+
+def test_a_zero_segmentation_weight_is_allowed():
+    out, raw, labels = two_region_batch()
+    result = SingleStageLoss(load_cfg("train.seg_weight=0.0"))(out, raw, labels, seg_on=True)
+    assert result["seg"].item() > 0
+    assert result["total"].item() == pytest.approx(result["cls"].item())
+
+
+def hand_pseudo_case():
+    """One 2x2 image labelled {1}, masks chosen so that the pseudo labels are [[0, 1], [ignored, ignored]].
+
+    Thresholds (kappa_bg 0.7, kappa_fg 0.6, floor 0.2): background 0.7, class 1 0.6. Pixel (1, 0) passes
+    neither, pixel (1, 1) both.
+    """
+    bg = torch.tensor([[1.0, 0.0], [0.5, 0.9]])
+    fg = torch.tensor([[0.0, 1.0], [0.5, 0.9]])
+    out = {"masks": torch.stack([bg, fg])[None], "logits": torch.zeros(1, 2, 2, 2), "cls": torch.zeros(1, 1)}
+    return out, torch.rand(1, 3, 2, 2), torch.ones(1, 1)
+
+
+def cfg_with_eval(eval_section):
+    cfg = load_cfg("train.pamr_iters=0", "train.pseudo_kappa_bg=0.7", "train.pseudo_kappa_fg=0.6",
+                   "train.pseudo_floor=0.2")
+    if eval_section is None:
+        del cfg["eval"]
+    else:
+        cfg["eval"] = eval_section
+    return cfg
+
+
+@pytest.mark.parametrize("eval_section, ignore", [({"ignore_index": 250}, 250), ({}, 255), (None, 255)])
+def test_single_stage_pseudo_labels_use_the_configured_ignore_index(eval_section, ignore):
+    out, raw, labels = hand_pseudo_case()
+    loss = SingleStageLoss(cfg_with_eval(eval_section))
+    assert loss.make_pseudo(out, raw, labels).tolist() == [[[0, 1], [ignore, ignore]]]
+    result = loss(out, raw, labels, seg_on=True)
+    assert result["pseudo_ignore"] == 0.5
+
+
+@pytest.mark.parametrize("eval_section, ignore", [({"ignore_index": 250}, 250), ({}, 255), (None, 255)])
+@pytest.mark.parametrize("kind", ["ce", "balanced"])
+def test_supervised_loss_uses_the_configured_ignore_index(eval_section, ignore, kind):
+    cfg = cfg_with_eval(eval_section)
+    cfg["train"]["supervised_loss"] = kind
+    loss = SupervisedLoss(cfg)
+    out = {"logits": torch.zeros(1, 2, 2, 3), "cls": torch.zeros(1, 1)}
+    mask = torch.tensor([[[0, 0, 1], [1, ignore, 0]]])
+    result = loss(out, None, torch.ones(1, 1), True, mask=mask)
+    # every CE is ln 2; ce: the mean over the 5 labelled pixels; balanced: (3 * 1/3 + 2 * 1/2) ln 2 / 6
+    assert result["seg"].item() == pytest.approx(LN2 if kind == "ce" else 2 * LN2 / 6, rel=1e-6)
+    other = 255 if ignore != 255 else 250
+    mask[0, 1, 1] = other
+    with pytest.raises(WsssError, match=rf"^ground-truth masks hold values outside 0\.\.1 and {ignore} \(ignore_index\)$"):
+        loss(out, None, torch.ones(1, 1), True, mask=mask)
+
+
+def test_single_stage_reduction_follows_the_config():
+    # image 0: pseudo labels [[0, 1], [0, 1]] -> valid; image 1: all background although labelled {1} -> invalid
+    fg = torch.tensor([[[0.0, 1.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    masks = torch.stack([1 - fg, fg], 1)
+    out = {"masks": masks, "logits": torch.zeros(2, 2, 2, 2), "cls": torch.zeros(2, 1)}
+    raw, labels = torch.rand(2, 3, 2, 2), torch.ones(2, 1)
+    # image 0: N = 4, N_c = 2 for both classes -> weight 2/5, CE ln 2 everywhere -> per-image loss 0.4 ln 2
+    for reduction, seg in (("batch", 0.2 * LN2), ("valid", 0.4 * LN2)):
+        cfg = load_cfg("train.pamr_iters=0", "train.seg_weight=2.0", f"train.seg_reduction={reduction}")
+        result = SingleStageLoss(cfg)(out, raw, labels, seg_on=True)
+        assert result["pseudo_valid"] == 0.5
+        assert result["seg"].item() == pytest.approx(seg, rel=1e-6)
+        assert result["total"].item() == pytest.approx(LN2 + 2.0 * seg, rel=1e-6)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+def test_single_stage_refine_uses_the_configured_std(unbiased):
+    cfg = load_cfg("train.pamr_iters=2", f"train.pamr_std_unbiased={str(unbiased).lower()}")
+    cfg["train"]["pamr_dilations"] = [1, 2]
+    loss = SingleStageLoss(cfg)
+    assert loss.pamr.std_unbiased is unbiased
+    torch.manual_seed(0)
+    masks, raw = torch.rand(1, 3, 5, 6).softmax(1), torch.rand(1, 3, 5, 6)
+    refined = loss.refine(masks, raw)
+    assert torch.equal(refined, PAMR(iters=2, dilations=[1, 2], std_unbiased=unbiased)(raw, masks))
+    assert not torch.allclose(refined, PAMR(iters=2, dilations=[1, 2], std_unbiased=not unbiased)(raw, masks))
+
+
+def test_supervised_loss_without_segmentation_is_the_classification_loss():
+    scores = torch.zeros(2, 3, requires_grad=True)
+    out = {"logits": torch.zeros(2, 4, 2, 2), "cls": scores}
+    result = SupervisedLoss(load_cfg())(out, None, torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]), seg_on=False)
+    # the soft-margin loss at score 0 is ln 2 whatever the label
+    assert result["total"].item() == pytest.approx(LN2)
+    assert result["cls"].item() == pytest.approx(LN2)
+    assert result["seg"].shape == () and result["seg"].item() == 0.0
+    assert math.isnan(result["pseudo_valid"]) and math.isnan(result["pseudo_ignore"])
+    result["total"].backward()
+    assert scores.grad.abs().sum() > 0
+
+
+def test_supervised_loss_segments_by_default():
+    out = {"logits": torch.zeros(1, 2, 2, 2), "cls": torch.zeros(1, 1)}
+    result = SupervisedLoss(load_cfg("train.supervised_loss=ce", "train.seg_weight=1.0"))(
+        out, None, torch.ones(1, 1), mask=torch.tensor([[[0, 1], [255, 1]]]))
+    assert result["seg"].item() == pytest.approx(LN2)
+    assert result["total"].item() == pytest.approx(2 * LN2)
+
+
+def test_supervised_mask_errors_name_the_shapes():
+    loss = SupervisedLoss(load_cfg("train.supervised_loss=ce"))
+    out = {"logits": torch.zeros(1, 3, 2, 2), "cls": torch.zeros(1, 2)}
+    labels = torch.ones(1, 2)
+    with pytest.raises(WsssError, match=r"^SupervisedLoss needs the ground-truth 'mask' argument$"):
+        loss(out, None, labels, True)
+    with pytest.raises(WsssError, match=r"^ground-truth mask \(1, 2, 2, 1\) must be \(B, H, W\) for logits \(1, 3, 2, 2\)$"):
+        loss(out, None, labels, True, mask=torch.zeros(1, 2, 2, 1, dtype=torch.long))
+    with pytest.raises(WsssError, match=r"^ground-truth mask \(2, 2, 2\) must be \(B, H, W\) for logits \(1, 3, 2, 2\)$"):
+        loss(out, None, labels, True, mask=torch.zeros(2, 2, 2, dtype=torch.long))
+    with pytest.raises(WsssError, match=r"^ground-truth masks hold values outside 0\.\.2 and 255 \(ignore_index\)$"):
+        loss(out, None, labels, True, mask=torch.tensor([[[0, 3], [1, 2]]]))

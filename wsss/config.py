@@ -144,14 +144,12 @@ def _merge_preset(sections: dict, preset: dict, name: str) -> dict:
 def _format_error(err: jsonschema.ValidationError) -> str:
     path = ".".join(str(p) for p in err.absolute_path) or "<top level>"
     if err.validator == "additionalProperties":
-        allowed = sorted(err.schema.get("properties", {}))
+        allowed = sorted(err.schema["properties"])  # every closed object of the schema lists its keys
         extra = sorted(set(err.instance) - set(allowed))
         key = f"{path}.{extra[0]}" if path != "<top level>" else extra[0]
         return f"unknown key '{key}' (allowed in '{path}': {', '.join(allowed)})"
     if err.validator == "enum":
         return f"key '{path}': {err.instance!r} is not allowed (allowed: {', '.join(map(str, err.validator_value))})"
-    if err.validator == "required":
-        return f"key '{path}': {err.message}"
     return f"key '{path}': {err.message}"
 
 
@@ -191,7 +189,7 @@ def resolve(raw: dict, overrides: Iterable[str] = (), origin: str = "params") ->
     presets = raw.get("presets") or {}
     sections = {s: raw[s] for s in SECTIONS}
     name = sections["data"].get("name")
-    if name not in presets:
+    if not isinstance(name, str) or name not in presets:
         raise ParamsError(f"{origin}: key 'data.name': {name!r} has no preset (presets: {', '.join(presets)})")
     # Every preset must resolve to a valid configuration, not only the selected one.
     for other in presets:

@@ -9,8 +9,11 @@ def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: 
     """num_classes x num_classes counts over the pixels whose ground truth is not ``ignore_index``.
 
     One bincount over gt * num_classes + pred: the ignored pixels land in a row that is dropped, so
-    no boolean indexing is needed. Class indices outside [0, num_classes) raise ValueError.
+    no boolean indexing is needed. Class indices outside [0, num_classes), and an ``ignore_index``
+    below ``num_classes`` (a class, or negative), raise ValueError.
     """
+    if ignore_index < num_classes:
+        raise ValueError(f"ignore_index {ignore_index} must be at least num_classes ({num_classes})")
     gt = np.asarray(gt).reshape(-1)
     pred = np.asarray(pred).reshape(-1)
     if gt.size == 0:
@@ -19,7 +22,8 @@ def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: 
         bad = int(pred.max() if pred.max() >= num_classes else pred.min())
         raise ValueError(f"predicted class index {bad} outside [0, {num_classes})")
     if gt.min() < 0 or gt.max() > max(ignore_index, num_classes - 1):
-        raise ValueError(f"ground-truth value {int(gt.max())} outside [0, {num_classes}) and {ignore_index}")
+        bad = int(gt.min() if gt.min() < 0 else gt.max())
+        raise ValueError(f"ground-truth value {bad} outside [0, {num_classes}) and {ignore_index}")
     rows = max(ignore_index, num_classes - 1) + 1
     counts = np.bincount(gt.astype(np.int32) * num_classes + pred, minlength=rows * num_classes)
     counts = counts.reshape(rows, num_classes)

@@ -126,7 +126,7 @@ class CAMLoss:
     """The plain CAM baseline: the classification loss only."""
 
     def __init__(self, cfg: dict):
-        self.cfg = cfg
+        """``cfg`` is taken for the losses' common signature (``build_loss``); this loss has no settings."""
 
     def __call__(self, out: dict, raw: Tensor | None, labels: Tensor, seg_on: bool = False) -> dict:
         cls = classification_loss(_check_labels(out, labels), labels)

@@ -19,6 +19,7 @@ from wsss import config as params, provenance
 from wsss.data.dataset import read_split
 from wsss.data.palette import load_mask
 from wsss.errors import WsssError
+from wsss.figures import iou_figure
 from wsss.metrics import confusion, scores
 from wsss.paths import for_config
 from wsss.utils.atomic import atomic_path, write_json, write_yaml
@@ -69,33 +70,6 @@ def table(names: list[str], raw: dict, crf: dict) -> pd.DataFrame:
     return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
 
 
-def figure(df: pd.DataFrame, conf: np.ndarray, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per_class = df[df["class"] != "mean"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1.6, 1]})
-    x = np.arange(len(per_class))
-    ax1.bar(x - 0.2, per_class["iou"], 0.4, label=f"raw (mIoU {df['iou'].iloc[-1]:.3f})")
-    ax1.bar(x + 0.2, per_class["iou_crf"], 0.4, label=f"CRF (mIoU {df['iou_crf'].iloc[-1]:.3f})")
-    ax1.set_xticks(x, per_class["class"], rotation=60, ha="right", fontsize=8)
-    ax1.set_ylim(0, 1)
-    ax1.set_ylabel("IoU")
-    ax1.set_title(title)
-    ax1.legend()
-    norm = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    ax2.imshow(norm, cmap="viridis", vmin=0, vmax=1)
-    ax2.set_title("confusion (CRF), rows normalised")
-    ax2.set_xlabel("predicted")
-    ax2.set_ylabel("ground truth")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
 def run(cfg: dict, args) -> None:
     paths = for_config(cfg, args.results)
     split = cfg["data"]["eval_split"]
@@ -119,7 +93,7 @@ def run(cfg: dict, args) -> None:
         "images": len(names),
     }
     write_json(paths.metrics_json, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
-    figure(df, conf_crf, f"{cfg['data']['name']} {split}: per-class IoU", paths.iou_figure)
+    iou_figure(df, conf_crf, f"{cfg['data']['name']} {split}: per-class IoU", paths.iou_figure)
     write_yaml(paths.eval_config, cfg)
     print(f"evaluate: {len(names)} images, mIoU {raw['miou']:.4f}, with CRF {crf['miou']:.4f}, "
           f"pixel acc {raw['pixel_acc']:.4f} / {crf['pixel_acc']:.4f} -> {paths.miou_csv}")
