@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from wsss.utils.atomic import atomic_path, write_text
+from wsss.utils import atomic
+from wsss.utils.atomic import atomic_path, remove_stale, write_json, write_text, write_yaml
 
 
 def test_a_failed_write_leaves_the_old_target(tmp_path):
@@ -58,3 +59,68 @@ def test_a_rerun_replaces_the_whole_directory(tmp_path):
         (tmp / "a.png").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["a.png"] and (target / "a.png").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["masks"]
+
+
+def test_a_live_writers_leftovers_and_the_writer_are_left_alone(tmp_path):
+    target = tmp_path / "crf"
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mine = tmp_path / f".tmp-crf-{writer.pid}-abc"
+        mine.mkdir()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        gone = tmp_path / f".old-crf-{int(dead.stdout)}"
+        gone.write_text("x")
+        remove_stale(target)
+        assert mine.is_dir() and not gone.exists()
+        with pytest.raises(subprocess.TimeoutExpired):  # checking a writer must not signal it
+            writer.wait(timeout=1)
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_pid_of_another_user_counts_as_alive(monkeypatch):
+    def denied(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.os, "kill", denied)
+    assert atomic._alive(12345) is True
+
+
+def test_write_yaml_keeps_the_key_order(tmp_path):
+    write_yaml(tmp_path / "c.yaml", {"train": {"lr": 0.01}, "data": {"name": "toy"}})
+    assert (tmp_path / "c.yaml").read_text() == "train:\n  lr: 0.01\ndata:\n  name: toy\n"
+
+
+def test_names_that_carry_no_pid_are_not_leftovers(tmp_path):
+    for name in (".tmp-crf-notapid-x", ".old-crf-", ".tmp-crf-12x-y"):
+        (tmp_path / name).mkdir()
+    remove_stale(tmp_path / "crf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".old-crf-", ".tmp-crf-12x-y", ".tmp-crf-notapid-x"]
+
+
+def test_a_leftover_removed_meanwhile_by_another_writer_is_no_error(tmp_path, monkeypatch):
+    """Two stages cleaning the same folder: the leftover vanishes between the listing and the removal."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / f".tmp-crf-{pid}-dir").mkdir()
+    (tmp_path / f".tmp-crf-{pid}-file").write_text("x")
+    real_rmtree, real_unlink = atomic.shutil.rmtree, type(tmp_path).unlink
+
+    def rmtree_after_the_other(path, *args, **kwargs):
+        real_rmtree(path)
+        return real_rmtree(path, *args, **kwargs)
+
+    def unlink_after_the_other(self, *args, **kwargs):
+        real_unlink(self)
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", rmtree_after_the_other)
+    monkeypatch.setattr(type(tmp_path), "unlink", unlink_after_the_other)
+    remove_stale(tmp_path / "crf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_is_indented_in_key_order(tmp_path):
+    write_json(tmp_path / "m.json", {"miou": 0.5, "images": [1, 2]})
+    assert (tmp_path / "m.json").read_text() == '{\n  "miou": 0.5,\n  "images": [\n    1,\n    2\n  ]\n}\n'

@@ -70,6 +70,10 @@ def test_a_view_is_centred_on_its_zero_canvas():
     assert place(view, None) == (view, (0, 0, 3, 4))
     with pytest.raises(ValueError, match="3x4 view does not fit the 2x9 canvas"):
         place(view, [2, 9])
+    with pytest.raises(ValueError, match="3x4 view does not fit the 3x3 canvas"):
+        place(view, [3, 3])
+    exact, box = place(view, [3, 4])  # a view exactly the canvas size fills it
+    assert box == (0, 0, 3, 4) and torch.equal(exact, view)
 
 
 class CornerModel(nn.Module):
@@ -145,7 +149,7 @@ def test_combine_keeps_present_classes_and_the_raw_scores():
     masks = torch.tensor([[[0.5, 0.1]], [[0.3, 0.8]], [[0.2, 0.1]]])  # C=3, H=1, W=2
     present = torch.tensor([True, False])
     ids, probs = combine(masks, present, {"background": "constant", "bg_const": 0.25, "bg_power": 3})
-    assert ids.tolist() == [0, 1]
+    assert ids.tolist() == [0, 1] and ids.dtype == np.uint8
     np.testing.assert_allclose(probs, [[[0.25, 0.25]], [[0.3, 0.8]]], rtol=1e-6)  # not renormalised
     ids, probs = combine(masks, present, {"background": "power", "bg_const": 0.25, "bg_power": 3})
     np.testing.assert_allclose(probs[0, 0], [0.125, 0.001], rtol=1e-4)
@@ -195,6 +199,84 @@ def test_crf_accepts_non_contiguous_read_only_inputs():
     assert refined.shape == image.shape[:2]
 
 
+def test_crf_fg_power_replaces_the_background_by_the_largest_class_score():
+    # bg 0.7, class scores 0.4 / 0.1 (left), 0.1 / 0.2 (right). Kept, the background wins everywhere.
+    # Replaced by (1 - the pixel's largest class score) ** 5: 0.6 ** 5 = 0.078 < 0.4 on the left, the
+    # class wins; 0.8 ** 5 = 0.328 > 0.2 on the right, the background wins (iters=0: the unary decides)
+    image = np.full((4, 6, 3), 90, np.uint8)
+    probs = np.zeros((3, 4, 6), np.float32)
+    probs[0] = 0.7
+    probs[1, :, :3], probs[2, :, :3] = 0.4, 0.1
+    probs[1, :, 3:], probs[2, :, 3:] = 0.1, 0.2
+    ids = np.array([0, 2, 5], np.uint8)
+    crf = dict(CRF, iters=0)
+    assert (refine(image, ids, probs, crf, num_classes=6) == 0).all()
+    got = refine(image, ids, probs, dict(crf, background="fg_power"), num_classes=6)
+    expected = np.where(np.arange(6) < 3, 2, 0)[None].repeat(4, 0)
+    assert got.dtype == np.uint8 and (got == expected).all()
+
+
+@pytest.mark.parametrize("background", ["probs", "fg_power"])
+def test_crf_with_the_background_alone_labels_every_pixel_background(background):
+    image = np.full((3, 5, 3), 10, np.uint8)
+    got = refine(image, np.array([0], np.int64), np.full((1, 3, 5), 0.9, np.float32),
+                 dict(CRF, background=background), num_classes=4)
+    assert got.dtype == np.uint8 and got.shape == (3, 5) and (got == 0).all()
+
+
+@pytest.mark.parametrize("labels", ["present", "all"])
+def test_crf_runs_over_the_present_classes_or_every_class(monkeypatch, labels):
+    """What reaches pydensecrf: the number of labels, the clipped unary of each, in class-id order."""
+    import pydensecrf.densecrf as dcrf
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, w, h, k):
+            seen["size"] = (w, h, k)
+
+        def setUnaryEnergy(self, unary):
+            seen["unary"] = np.array(unary)
+
+        def addPairwiseGaussian(self, **kw):
+            pass
+
+        def addPairwiseBilateral(self, **kw):
+            seen["rgb"] = kw["rgbim"]
+
+        def inference(self, iters):
+            return np.exp(-seen["unary"])
+
+    monkeypatch.setattr(dcrf, "DenseCRF2D", Recorder)
+    probs = np.stack([np.full((2, 3), 0.6), np.full((2, 3), 0.3)]).astype(np.float32)
+    image = np.asfortranarray(np.full((2, 3, 3), 7, np.uint8))
+    got = refine(image, np.array([0, 2], np.uint8), probs, dict(CRF, labels=labels, unary_clip=1e-3), num_classes=4)
+    assert got.tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert seen["rgb"].flags.c_contiguous and seen["rgb"].dtype == np.uint8
+    unary = seen["unary"]
+    if labels == "present":
+        assert seen["size"] == (3, 2, 2)
+        np.testing.assert_allclose(unary, -np.log([[0.6] * 6, [0.3] * 6]), rtol=1e-6)
+    else:
+        assert seen["size"] == (3, 2, 4)  # absent classes 1 and 3 at score 0, clipped at crf.unary_clip
+        np.testing.assert_allclose(unary, -np.log([[0.6] * 6, [1e-3] * 6, [0.3] * 6, [1e-3] * 6]), rtol=1e-6)
+
+
+def test_a_malformed_probability_file_is_named_with_what_is_expected(tmp_path):
+    cases = {
+        "ids2d": (np.array([[0], [7]], np.uint8), np.zeros((2, 4, 5), np.float16)),
+        "probs2d": (np.array([0, 7], np.uint8), np.zeros((2, 4), np.float16)),
+        "count": (np.array([0, 7, 9], np.uint8), np.zeros((2, 4, 5), np.float16)),
+    }
+    for name, (ids, probs) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", classes=ids, probs=probs)
+        with pytest.raises(Exception) as err:
+            read_probs(tmp_path / f"{name}.npz")
+        assert str(err.value) == (
+            f"probability file {tmp_path / name}.npz is malformed: classes {ids.shape}, probs {probs.shape} float16 "
+            "(expected float16 scores, one row per class id); re-run `wsss infer`")
+
+
 def test_probability_files_round_trip_and_corrupt_ones_are_named(tmp_path):
     _, probs = two_region_case()
     path = tmp_path / "a.npz"
@@ -219,6 +301,9 @@ def test_an_image_too_large_for_the_canvas_is_refused_before_any_compute(fake_vo
 
     dataset = VOCSegmentation(fake_voc_root, "val", 21)
     check_canvas(dataset, {"pad_size": [400, 400], "scales": [1.0, 2.0]})
+    check_canvas(dataset, {"pad_size": [154, 206], "scales": [1.0, 2.0]})  # the largest view fits exactly
+    with pytest.raises(WsssError, match=r"is 206x154, larger than key 'infer.pad_size' \[154, 205\]"):
+        check_canvas(dataset, {"pad_size": [154, 205], "scales": [1.0, 2.0]})
     check_canvas(dataset, {"pad_size": None, "scales": [1.0, 2.0]})
     with pytest.raises(WsssError, match=r"2011_000002.jpg \(103x77\) at scale 2.0 is 206x154, larger than key 'infer.pad_size' \[150, 400\]"):
         check_canvas(dataset, {"pad_size": [150, 400], "scales": [1.0, 2.0]})

@@ -97,3 +97,22 @@ def test_bad_parameters_and_shapes():
         PAMR(dilations=(1, 0))
     with pytest.raises(WsssError, match="resize the guidance"):
         PAMR()(torch.rand(1, 3, 8, 8), torch.rand(1, 2, 4, 4))
+
+
+def test_defaults_are_ten_iterations_and_the_sample_std():
+    pamr = PAMR()
+    assert (pamr.iters, pamr.dilations, pamr.std_unbiased) == (10, list(DILATIONS), True)
+    assert pamr.extra_repr() == "iters=10, dilations=[1, 2, 4, 8, 12, 24], std_unbiased=True"
+
+
+@pytest.mark.parametrize("iters", [True, 2.0, "3"])
+def test_iterations_must_be_an_int(iters):
+    with pytest.raises(WsssError, match=rf"^key 'train\.pamr_iters': {iters!r} must be a non-negative integer$"):
+        PAMR(iters=iters)
+
+
+@pytest.mark.parametrize("dilations", [(1, True), (1, 2.0), (1, "2")])
+def test_dilations_must_be_ints(dilations):
+    message = rf"^key 'train\.pamr_dilations': \[1, {dilations[1]!r}\] must be a non-empty list of positive integers$"
+    with pytest.raises(WsssError, match=message):
+        PAMR(dilations=dilations)

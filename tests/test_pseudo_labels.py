@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from wsss.errors import WsssError
-from wsss.model.pseudo_labels import class_thresholds, pseudo_labels
+from wsss.model.pseudo_labels import class_thresholds, clean_masks, pseudo_labels
 
 # One image, background + 2 classes, five pixels in a row.
 #   background peak 0.9 -> threshold 0.7 * 0.9 = 0.63
@@ -61,3 +61,35 @@ def test_bad_input():
         pseudo_labels(MASKS, torch.ones(1, 3))
     with pytest.raises(WsssError, match="ignore_index"):
         pseudo_labels(MASKS, BOTH, ignore_index=2)
+
+
+@pytest.mark.parametrize("key,kwarg", [("pseudo_kappa_bg", "kappa_bg"), ("pseudo_kappa_fg", "kappa_fg"),
+                                       ("pseudo_floor", "floor")])
+def test_each_fraction_is_named_and_its_ends_are_allowed(key, kwarg):
+    for bad in (-0.01, 1.01):
+        with pytest.raises(WsssError, match=rf"key 'train\.{key}': {bad} must lie in \[0, 1\]"):
+            pseudo_labels(MASKS, BOTH, **{kwarg: bad})
+    for end in (0.0, 1.0):
+        assert pseudo_labels(MASKS, BOTH, **{kwarg: end}).shape == (1, 1, 5)
+
+
+def test_ignore_index_may_be_anything_but_a_class_index():
+    for index in (0, 1, 2):
+        with pytest.raises(WsssError, match=f"ignore_index {index} collides with a class index \\(C=3\\)"):
+            pseudo_labels(MASKS, BOTH, ignore_index=index)
+    assert pseudo_labels(MASKS, BOTH, ignore_index=3).tolist() == [[[0, 1, 1, 3, 3]]]
+
+
+def test_masks_must_be_four_dimensional():
+    flat = MASKS[:, :, 0]  # (B, C, W): labels (B, C-1) would fit its first two sizes
+    with pytest.raises(WsssError, match=r"masks \(1, 3, 5\) must be \(B, C, H, W\)"):
+        clean_masks(flat, BOTH)
+    with pytest.raises(WsssError, match=r"must be \(B, C, H, W\)"):
+        pseudo_labels(flat, BOTH, ignore_index=0)
+
+
+def test_clean_masks_zeroes_absent_classes_exactly_and_keeps_the_rest():
+    cleaned = clean_masks(MASKS, torch.tensor([[0.0, 1.0]]))
+    assert cleaned.dtype == MASKS.dtype
+    assert torch.equal(cleaned[:, 1], torch.zeros_like(MASKS[:, 1]))
+    assert torch.equal(cleaned[:, 0], MASKS[:, 0]) and torch.equal(cleaned[:, 2], MASKS[:, 2])

@@ -6,6 +6,8 @@ WR38 network for VOC's 21 classes: names and shapes, in file order) with random 
 
 from __future__ import annotations
 
+import hashlib
+
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from wsss import config
 from wsss.errors import WsssError
 from wsss.model import public_checkpoints as public
 from wsss.model.network import build_model, describe
-from wsss.stages.infer import load_model
+from wsss.stages.infer import describe_checkpoint, load_model
 
 KEYS = Path(__file__).parent / "data" / "public_keys"
 PARAMS = config.REPO_ROOT / "params.yaml"
@@ -112,11 +114,24 @@ def test_infer_loads_a_released_file_as_it_is(tmp_path, one_thread):
     torch.save(state, path)
     cfg = config.load([PARAMS], ["data.name=voc"])
     model, source = load_model(cfg, torch.device("cpu"), path)
-    assert source["made_by"] == "public wsfcn checkpoint" and len(source["sha256"]) == 64
+    assert source == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                      "made_by": "public wsfcn checkpoint"}
     assert not model.training
     assert torch.equal(model.state_dict()["fusion.align.flow.weight"], state["align1.flow_make.weight"])
-    with pytest.raises(WsssError, match="public wsfcn checkpoint"):
+    with pytest.raises(WsssError, match=rf"{path.name}.*public wsfcn checkpoint"):
         load_model(config.load([PARAMS], ["data.name=voc", "model.sf2=false"]), torch.device("cpu"), path)
+    for overrides, named in ((["model.backbone=resnet50"], "single_stage, resnet50"), (["model.method=cam"], "cam, wr38")):
+        with pytest.raises(WsssError) as err:
+            load_model(config.load([PARAMS], ["data.name=voc", *overrides]), torch.device("cpu"), path)
+        assert str(err.value) == (f"{path} is a public SSSS / WS-FCN checkpoint: it needs model.method single_stage "
+                                  f"and model.backbone wr38 (params: {named})")
+
+
+def test_checkpoint_yaml_names_the_wsss_stage_that_made_it(tmp_path):
+    path = tmp_path / "train.pt"
+    path.write_bytes(b"x" * (3 << 20))  # several read blocks
+    record = describe_checkpoint(path, {"model": {}, "signature": {}, "stage": "train"})
+    assert record == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "made_by": "wsss train"}
 
 
 def test_a_backbone_weights_file_is_named_and_pointed_to_model_weights():

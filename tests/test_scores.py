@@ -59,3 +59,25 @@ def test_classification_loss_is_multilabel_soft_margin():
     sig = torch.sigmoid
     per = -(labels * torch.log(sig(scores)) + (1 - labels) * torch.log(sig(-scores)))
     assert classification_loss(scores, labels).item() == pytest.approx(per.mean().item(), rel=1e-6)
+
+
+def test_focal_constants_are_checked_at_their_bounds_and_named():
+    logits = torch.zeros(1, 3, 2, 2)
+    for p in (0.0, 0.5):  # p = 0 turns the penalty's size factor off; any p >= 0 is allowed
+        assert class_scores(logits, logits.softmax(1), p, 0.01).shape == (1, 2)
+    with pytest.raises(WsssError, match=r"^key 'model.focal_p': -0.5 must be >= 0$"):
+        class_scores(logits, logits.softmax(1), -0.5, 0.01)
+    with pytest.raises(WsssError, match=r"^key 'model.focal_lambda': 0.0 must be > 0$"):
+        class_scores(logits, logits.softmax(1), 3.0, 0.0)
+
+
+def test_shape_errors_name_the_shapes():
+    flat = torch.zeros(1, 3, 4)  # three dimensions, though with C >= 2
+    with pytest.raises(WsssError, match=r"^class_scores: logits must be \(B, C>=2, h, w\), got \(1, 3, 4\)$"):
+        class_scores(flat, flat, 3.0, 0.01)
+    with pytest.raises(WsssError, match=r"got \(1, 1, 2, 2\)$"):
+        class_scores(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), 3.0, 0.01)
+    with pytest.raises(WsssError, match=r"^classification_loss: scores \(3,\) and labels \(3,\) must both be \(B, C-1\)$"):
+        classification_loss(torch.zeros(3), torch.zeros(3))
+    with pytest.raises(WsssError, match=r"^classification_loss: scores \(1, 3\) and labels \(1, 2\) must both be \(B, C-1\)$"):
+        classification_loss(torch.zeros(1, 3), torch.zeros(1, 2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,19 +13,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_cli
+from wsss import config
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["presets.toy.train.batch_size=8", "presets.toy.train.crop_size=48", "train.workers=0", "train.log_every=2",
          "data.toy.n_train=48", "data.toy.n_val=24", "data.toy.min_size=64", "data.toy.max_size=80", "data.toy.clutter=0.5"]
 
 
 def wsss(stage: str, cwd: Path, data_root: Path, *overrides: str, wait: bool = True, extra: tuple[str, ...] = ()):
-    """`wsss <stage>` on the small dataset: ``overrides`` become ``-S`` options, ``extra`` goes as written."""
-    args = [sys.executable, "-m", "wsss.cli", stage, "--params", str(REPO / "params.yaml"),
+    """`wsss <stage>` on the small dataset, in this process (``wait=False``: a subprocess, returned running);
+    ``overrides`` become ``-S`` options, ``extra`` goes as written."""
+    argv = [stage, "--params", str(REPO / "params.yaml"),
             "-S", f"data.root={data_root}", *[a for o in SMALL + list(overrides) for a in ("-S", o)], *extra]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if not wait:
-        return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if not wait:  # a real process, to be killed
+        return subprocess.Popen([sys.executable, "-m", "wsss.cli", *argv], cwd=cwd, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return run_cli(argv, cwd)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +94,112 @@ def test_infer_on_the_trained_model_depends_on_neither_chunk_nor_scale_order(pre
         for ours, ref in zip(scores[1:], ref_scores[1:]):
             np.testing.assert_allclose([float(v) for v in ours.split("\t")[1:]], [float(v) for v in ref.split("\t")[1:]],
                                        atol=2e-4)  # printed to 4 decimals
+
+
+def test_the_crf_stage_refines_every_probability_file_whatever_the_workers(pretrained):
+    """`wsss crf` writes, for every image, refine() of its probability file and its image, the same with
+    one worker (in this process) and with two (a process pool); then evaluate scores those masks."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from wsss.metrics import confusion, scores
+    from wsss.stages.crf import read_probs, refine
+
+    cwd, root = pretrained
+    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
+    if not (cwd / "results/toy/train.pt").exists():
+        assert wsss("train", cwd, root, *schedule).returncode == 0
+    assert wsss("infer", cwd, root, *schedule, "infer.scales=[1.0]").returncode == 0
+    crf_cfg = yaml.safe_load((REPO / "params.yaml").read_text())["crf"]
+    written = {}
+    for workers in (1, 2):
+        proc = wsss("crf", cwd, root, *schedule, "infer.scales=[1.0]", f"crf.workers={workers}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.endswith(f"crf: refined 24 masks into results/toy/val/crf with {workers} workers\n")
+        written[workers] = {p.stem: np.asarray(Image.open(p)) for p in sorted((cwd / "results/toy/val/crf/masks").glob("*.png"))}
+    assert len(written[1]) == 24 and written[1].keys() == written[2].keys()
+    num_classes = int(yaml.safe_load((cwd / "results/toy/val/crf/config.yaml").read_text())["data"]["toy"]["num_classes"]) + 1
+    conf = np.zeros((num_classes, num_classes), np.int64)
+    for name, mask in written[1].items():
+        ids, probs = read_probs(cwd / "results/toy/val/infer/probs" / f"{name}.npz")
+        image = np.asarray(Image.open(root / "toy" / "JPEGImages" / f"{name}.jpg").convert("RGB"))
+        assert np.array_equal(mask, refine(image, ids, probs, crf_cfg, num_classes)), name
+        assert np.array_equal(written[2][name], mask), name
+        conf += confusion(np.asarray(Image.open(root / "toy" / "SegmentationClass" / f"{name}.png")), mask, num_classes)
+    assert wsss("evaluate", cwd, root, *schedule, "infer.scales=[1.0]").returncode == 0
+    metrics = json.loads((cwd / "results/metrics/toy_val.json").read_text())
+    assert metrics["miou_crf"] == round(scores(conf, "zero")["miou"], 6)
+    proc = wsss("crf", cwd, root, *schedule, "infer.scales=[1.0]", "crf.workers=0")  # 0: every core
+    assert proc.stdout.endswith(f"with {os.cpu_count()} workers\n")
+
+
+def test_the_infer_stage_writes_what_predict_and_combine_give(pretrained):
+    """For every image: the probabilities, the mask and the class scores `wsss infer` wrote equal
+    predict() with the params' scales, flip, chunk and canvas, then combine() with its fp_cut."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from wsss.stages.infer import combine, load_model, predict
+
+    cwd, root = pretrained
+    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
+    if not (cwd / "results/toy/train.pt").exists():
+        assert wsss("train", cwd, root, *schedule).returncode == 0
+    knobs = ["infer.scales=[1.0, 0.5]", "infer.flip=true", "infer.pad_size=[160, 160]", "infer.fp_cut=0.3"]
+    assert wsss("infer", cwd, root, *schedule, *knobs).returncode == 0
+    cfg = config.load([REPO / "params.yaml"], [*SMALL, *schedule, *knobs, f"data.root={root}"])
+    model, _ = load_model(cfg, torch.device("cpu"), cwd / "results/toy/train.pt")
+    icfg = cfg["infer"]
+    out = cwd / "results/toy/val/infer"
+    rows = (out / "scores.tsv").read_text().splitlines()[1:]
+    for row in rows[:3]:
+        name = row.split("\t")[0]
+        image = Image.open(root / "toy" / "JPEGImages" / f"{name}.jpg").convert("RGB")
+        with torch.no_grad():
+            masks, scores = predict(model, image, [1.0, 0.5], True, icfg["chunk"], [160, 160], "cpu")
+        ids, probs = combine(masks, scores > 0.3, icfg)
+        with np.load(out / "probs" / f"{name}.npz") as f:
+            assert f["classes"].tolist() == ids.tolist()
+            np.testing.assert_allclose(f["probs"].astype(np.float32), probs, atol=1e-3)
+        assert np.array_equal(np.asarray(Image.open(out / "masks" / f"{name}.png")), ids[probs.argmax(0)])
+        np.testing.assert_allclose([float(v) for v in row.split("\t")[1:]], scores.numpy(), atol=6e-5)
+    proc = wsss("infer", cwd, root, *schedule, "infer.pad_size=[40, 40]")
+    assert proc.returncode == 2 and "larger than key 'infer.pad_size' [40, 40]" in proc.stderr
+
+
+def test_the_crf_stage_names_what_is_wrong_with_its_input(pretrained, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    cwd, root = pretrained
+    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3", "infer.scales=[1.0]", "crf.workers=1"]
+    if not (cwd / "results/toy/val/infer/probs").is_dir():
+        if not (cwd / "results/toy/train.pt").exists():
+            assert wsss("train", cwd, root, *schedule).returncode == 0
+        assert wsss("infer", cwd, root, *schedule).returncode == 0
+    elsewhere = tmp_path / "results"
+    probs_dir = elsewhere / "toy/val/infer/probs"
+    shutil.copytree(cwd / "results/toy/val/infer", elsewhere / "toy/val/infer")
+    first = sorted(probs_dir.glob("*.npz"))[0]
+    with np.load(first) as f:
+        ids, probs = f["classes"], f["probs"]
+    np.savez(first, classes=ids, probs=probs[:, :-1])
+    proc = wsss("crf", cwd, root, *schedule, extra=("--results", str(elsewhere)))
+    assert proc.returncode == 2
+    assert (f"wsss crf: error: probability file {probs_dir / first.stem}.npz is {probs[:, :-1].shape[1:]} but "
+            f"image {first.stem}.jpg is {probs.shape[1:]}\n") in proc.stderr
+    assert not (elsewhere / "toy/val/crf").exists()
+    for path in probs_dir.glob("*.npz"):
+        path.unlink()
+    proc = wsss("crf", cwd, root, *schedule, extra=("--results", str(elsewhere)))
+    assert proc.returncode == 2 and f"wsss crf: error: no probability files in {probs_dir}\n" in proc.stderr
+    shutil.rmtree(elsewhere / "toy/val/infer")
+    proc = wsss("crf", cwd, root, *schedule, extra=("--results", str(elsewhere)))
+    assert proc.returncode == 2
+    assert f"wsss crf: error: inference output missing: {probs_dir}; run `wsss infer` first\n" in proc.stderr
 
 
 def test_clean_protocol_takes_the_classes_from_the_ground_truth(pretrained):

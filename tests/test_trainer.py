@@ -1,0 +1,176 @@
+"""The training loop itself (wsss.engine.trainer), in this process on the small toy set: what each
+logged row holds, what a checkpoint holds, the loader's order, and the errors the loop raises."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import small_toy_data_cfg
+from wsss import config
+from wsss.engine import checkpoint, trainer
+from wsss.errors import WsssError
+from wsss.paths import for_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["presets.toy.train.batch_size=8", "presets.toy.train.crop_size=32", "train.workers=0", "train.log_every=1",
+        "presets.toy.train.cls_epochs=1", "presets.toy.train.epochs=2"]
+
+
+@pytest.fixture
+def cfg(toy_root):
+    cfg = config.load([REPO / "params.yaml"], TINY)
+    cfg["data"] = small_toy_data_cfg(toy_root.parent)
+    return cfg
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """time.perf_counter in the trainer advances by exactly 1 s per call."""
+    ticks = itertools.count()
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(ticks)))
+
+
+def read_tsv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_pretrain_logs_every_step_and_saves_what_it_ran(cfg, tmp_path, fake_clock, one_thread):
+    paths = for_config(cfg, tmp_path / "results")
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    state = checkpoint.load(paths.checkpoint("pretrain"))
+    steps = 48 // 8  # 48 training images, batch 8, the last incomplete batch dropped
+    assert state["epoch"] == 1 and state["step"] == steps and state["stage"] == "pretrain"
+    assert state["supervised"] is False and state["config"] == cfg
+    assert state["signature"] == checkpoint.model_signature(cfg)
+    lr = cfg["train"]["lr"] * cfg["train"]["lr_mults"][0]
+    rows = state["log"]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1)) and {r["epoch"] for r in rows} == {0}
+    for row in rows:
+        assert row["stage"] == "pretrain" and row["seg"] == 0.0 and row["loss"] == row["cls"] > 0
+        assert row["lr"] == pytest.approx(lr) and row["img_per_s"] == 8.0  # 8 images per (fake) second
+        assert row["pseudo_valid"] != row["pseudo_valid"]  # NaN: no pseudo-labels before cls_epochs
+    logged = read_tsv(paths.train_log("pretrain"))
+    assert list(logged[0]) == trainer.LOG_COLUMNS and len(logged) == steps
+    assert [float(r["loss"]) for r in logged] == [r["loss"] for r in rows]
+    assert yaml.safe_load(paths.stage_config("pretrain").read_text()) == cfg
+    assert not list(paths.state.glob("*.pt")), "the resumable state is removed once the checkpoint is written"
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr)
+
+
+def test_train_continues_the_steps_and_logs_only_its_own_rows(cfg, tmp_path, one_thread):
+    paths = for_config(cfg, tmp_path / "results")
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    trainer.run(cfg, trainer.phase_for("train", cfg, paths), paths)
+    state = checkpoint.load(paths.checkpoint("train"))
+    assert state["epoch"] == 2 and state["step"] == 12 and state["stage"] == "train"
+    assert [r["stage"] for r in state["log"]] == ["pretrain"] * 6 + ["train"] * 6
+    own = read_tsv(paths.train_log("train"))
+    assert [int(r["step"]) for r in own] == list(range(7, 13)) and {r["epoch"] for r in own} == {"1"}
+    assert all(0 <= float(r["pseudo_valid"]) <= 1 for r in own) and any(float(r["seg"]) > 0 for r in own)
+    for r in own:
+        assert float(r["loss"]) == pytest.approx(float(r["cls"]) + cfg["train"]["seg_weight"] * float(r["seg"]), abs=2e-5)
+
+
+def test_train_refuses_a_pretrain_checkpoint_of_another_schedule(cfg, tmp_path, one_thread):
+    paths = for_config(cfg, tmp_path / "results")
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    state = checkpoint.load(paths.checkpoint("pretrain"))
+    state["epoch"] = 3
+    checkpoint.save(paths.checkpoint("pretrain"), state)
+    with pytest.raises(WsssError) as err:
+        trainer.run(cfg, trainer.phase_for("train", cfg, paths), paths)
+    assert str(err.value) == (f"checkpoint {paths.checkpoint('pretrain')} ends at epoch 3, but train.cls_epochs is 1; "
+                              "re-run pretrain")
+
+
+def test_a_loss_that_is_not_finite_stops_training_naming_the_key(cfg, tmp_path, monkeypatch, one_thread):
+    real = trainer.build_loss
+
+    def exploding(cfg, supervised=False):
+        loss = real(cfg, supervised=supervised)
+
+        def call(*args, **kwargs):
+            out = loss(*args, **kwargs)
+            return dict(out, total=out["total"] * float("inf"))
+
+        return call
+
+    monkeypatch.setattr(trainer, "build_loss", exploding)
+    paths = for_config(cfg, tmp_path / "results")
+    with pytest.raises(WsssError, match=r"^pretrain: the loss became inf at epoch 0; lower train.lr$"):
+        trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    assert not paths.checkpoint("pretrain").exists()
+
+
+def test_the_loader_order_is_fixed_by_seed_and_epoch(cfg):
+    dataset = trainer._dataset(cfg)
+    loader = trainer._loader(dataset, cfg, epoch=3)
+    assert len(loader) == 48 // 8 and loader.drop_last and loader.num_workers == 0
+    expected = torch.randperm(48, generator=torch.Generator().manual_seed(cfg["train"]["seed"] * 1000 + 3)).tolist()
+    assert list(iter(loader.sampler)) == expected
+    assert list(iter(trainer._loader(dataset, cfg, epoch=3).sampler)) == expected
+    assert list(iter(trainer._loader(dataset, cfg, epoch=4).sampler)) != expected
+
+
+def test_a_split_smaller_than_a_batch_is_refused(cfg, toy_root):
+    cfg["train"]["batch_size"] = 64
+    with pytest.raises(WsssError) as err:
+        trainer._dataset(cfg)
+    assert str(err.value) == (f"split 'train_aug' of {toy_root} has 48 images, fewer than train.batch_size=64")
+
+
+def test_each_phase_resumes_from_its_own_state_file(cfg, tmp_path):
+    paths = for_config(cfg, tmp_path / "results")
+    names = {stage: trainer._state_path(cfg, trainer.phase_for(stage, cfg, paths), paths)
+             for stage in ("pretrain", "train", "supervise")}
+    assert len(set(names.values())) == 3
+    assert all(p.parent == paths.state and p.name.startswith(f"{stage}-") for stage, p in names.items())
+    other = config.load([REPO / "params.yaml"], TINY + ["train.lr=0.5"])
+    other["data"] = cfg["data"]
+    assert trainer._state_path(other, trainer.phase_for("train", other, paths), paths) != names["train"]
+
+
+def test_phases_cover_the_schedule(cfg, tmp_path):
+    paths = for_config(cfg, tmp_path / "results")
+    assert trainer.phase_for("pretrain", cfg, paths) == trainer.Phase("pretrain", 0, 1, None)
+    assert trainer.phase_for("train", cfg, paths) == trainer.Phase("train", 1, 2, paths.checkpoint("pretrain"))
+    assert trainer.phase_for("supervise", cfg, paths) == trainer.Phase("supervise", 1, 2, paths.checkpoint("pretrain"),
+                                                                       supervised=True)
+    with pytest.raises(ValueError, match="deploy"):
+        trainer.phase_for("deploy", cfg, paths)
+
+
+def test_imagenet_weights_are_fetched_only_when_starting_from_scratch(cfg, tmp_path, monkeypatch, one_thread):
+    calls = []
+    monkeypatch.setattr(trainer, "fetch_weights", lambda *args: calls.append(args))
+    cfg["model"]["pretrained"] = True
+    cfg["model"]["weights"] = "my-weights.pth"
+    paths = for_config(cfg, tmp_path / "results")
+    monkeypatch.setattr(trainer, "build_model", lambda c, load_weights: real_build(c, load_weights=False))
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    assert calls == [(cfg["model"]["backbone"], cfg["data"]["downloads"], "my-weights.pth")]
+    trainer.run(cfg, trainer.phase_for("train", cfg, paths), paths)  # from the pretrain checkpoint
+    assert len(calls) == 1
+    cfg["model"]["pretrained"] = False
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    assert len(calls) == 1
+
+
+def real_build(cfg, load_weights):
+    from wsss.model.network import build_model
+
+    return build_model(cfg, load_weights=load_weights)
+
+
+def test_the_curve_file_is_tab_separated_with_plain_newlines(cfg, tmp_path, one_thread):
+    paths = for_config(cfg, tmp_path / "results")
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    text = paths.train_log("pretrain").read_bytes().decode()
+    assert "\r" not in text and text.splitlines()[0] == "\t".join(trainer.LOG_COLUMNS) and text.endswith("\n")
