@@ -174,3 +174,68 @@ def test_the_curve_file_is_tab_separated_with_plain_newlines(cfg, tmp_path, one_
     trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
     text = paths.train_log("pretrain").read_bytes().decode()
     assert "\r" not in text and text.splitlines()[0] == "\t".join(trainer.LOG_COLUMNS) and text.endswith("\n")
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, monkeypatch, capsys, one_thread):
+    cfg["train"]["cls_epochs"] = 2
+    ticks = itertools.count()
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(ticks)))
+    whole = for_config(cfg, tmp_path / "whole")
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, whole), whole)
+    expected = checkpoint.load(whole.checkpoint("pretrain"))
+
+    paths = for_config(cfg, tmp_path / "killed")
+    real_save = checkpoint.save
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if Path(path).parent == paths.state:
+            raise KeyboardInterrupt  # killed right after the first epoch's state reached the disk
+
+    monkeypatch.setattr(trainer.checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    monkeypatch.setattr(trainer.checkpoint, "save", real_save)
+    assert not paths.checkpoint("pretrain").exists() and len(list(paths.state.glob("pretrain-*.pt"))) == 1
+    capsys.readouterr()
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    assert "resuming pretrain from " in capsys.readouterr().out
+    resumed = checkpoint.load(paths.checkpoint("pretrain"))
+    assert resumed["epoch"] == expected["epoch"] == 2 and resumed["step"] == expected["step"] == 12
+    def curve(rows):  # NaN != NaN: compare the text of each row, throughput left out
+        return [repr({k: v for k, v in r.items() if k != "img_per_s"}) for r in rows]
+
+    assert curve(resumed["log"]) == curve(expected["log"])
+    for name, tensor in expected["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+    momentum = [s["momentum_buffer"] for s in expected["optimizer"]["state"].values()]
+    assert all(torch.equal(a["momentum_buffer"], b) for a, b in zip(resumed["optimizer"]["state"].values(), momentum))
+
+
+def test_supervise_trains_on_the_ground_truth_masks(cfg, tmp_path, one_thread):
+    paths = for_config(cfg, tmp_path / "results")
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    trainer.run(cfg, trainer.phase_for("supervise", cfg, paths), paths)
+    state = checkpoint.load(paths.checkpoint("supervise"))
+    assert state["stage"] == "supervise" and state["supervised"] is True
+    rows = [r for r in state["log"] if r["stage"] == "supervise"]
+    assert len(rows) == 6 and all(r["seg"] > 0 for r in rows)
+    assert all(r["pseudo_valid"] != r["pseudo_valid"] for r in rows)  # no pseudo-labels: the masks are given
+
+
+def test_amp_is_for_cuda_only_a_cpu_run_is_unchanged(cfg, tmp_path, one_thread):
+    weights = []
+    for amp in (False, True):
+        cfg["train"]["amp"] = amp
+        paths = for_config(cfg, tmp_path / f"amp-{amp}")
+        trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+        weights.append(checkpoint.load(paths.checkpoint("pretrain"))["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_throughput_counts_every_image_since_the_last_row(cfg, tmp_path, fake_clock, one_thread):
+    cfg["train"]["log_every"] = 2
+    paths = for_config(cfg, tmp_path / "results")
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    rows = checkpoint.load(paths.checkpoint("pretrain"))["log"]
+    assert [r["step"] for r in rows] == [2, 4, 6] and [r["img_per_s"] for r in rows] == [16.0, 16.0, 16.0]
