@@ -15,6 +15,7 @@ from conftest import small_toy_data_cfg
 from wsss import config
 from wsss.engine import checkpoint, trainer
 from wsss.errors import WsssError
+from wsss.model.network import build_model
 from wsss.paths import for_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +154,7 @@ def test_imagenet_weights_are_fetched_only_when_starting_from_scratch(cfg, tmp_p
     cfg["model"]["pretrained"] = True
     cfg["model"]["weights"] = "my-weights.pth"
     paths = for_config(cfg, tmp_path / "results")
-    monkeypatch.setattr(trainer, "build_model", lambda c, load_weights: real_build(c, load_weights=False))
+    monkeypatch.setattr(trainer, "build_model", lambda c, load_weights: build_model(c, load_weights=False))
     trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
     assert calls == [(cfg["model"]["backbone"], cfg["data"]["downloads"], "my-weights.pth")]
     trainer.run(cfg, trainer.phase_for("train", cfg, paths), paths)  # from the pretrain checkpoint
@@ -163,12 +164,6 @@ def test_imagenet_weights_are_fetched_only_when_starting_from_scratch(cfg, tmp_p
     assert len(calls) == 1
 
 
-def real_build(cfg, load_weights):
-    from wsss.model.network import build_model
-
-    return build_model(cfg, load_weights=load_weights)
-
-
 def test_the_curve_file_is_tab_separated_with_plain_newlines(cfg, tmp_path, one_thread):
     paths = for_config(cfg, tmp_path / "results")
     trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
@@ -176,10 +171,9 @@ def test_the_curve_file_is_tab_separated_with_plain_newlines(cfg, tmp_path, one_
     assert "\r" not in text and text.splitlines()[0] == "\t".join(trainer.LOG_COLUMNS) and text.endswith("\n")
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, monkeypatch, capsys, one_thread):
+def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, monkeypatch, capsys, fake_clock,
+                                                                 one_thread):
     cfg["train"]["cls_epochs"] = 2
-    ticks = itertools.count()
-    monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(ticks)))
     whole = for_config(cfg, tmp_path / "whole")
     trainer.run(cfg, trainer.phase_for("pretrain", cfg, whole), whole)
     expected = checkpoint.load(whole.checkpoint("pretrain"))

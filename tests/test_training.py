@@ -32,12 +32,23 @@ def wsss(stage: str, cwd: Path, data_root: Path, *overrides: str, wait: bool = T
     return run_cli(argv, cwd)
 
 
+SCHEDULE = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
+
+
 @pytest.fixture(scope="module")
 def pretrained(toy_root, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("run")
-    proc = wsss("pretrain", cwd, toy_root.parent, "presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3")
+    proc = wsss("pretrain", cwd, toy_root.parent, *SCHEDULE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd, toy_root.parent
+
+
+def trained(pretrained) -> tuple[Path, Path]:
+    """The module's run directory and data root, `wsss train` run once there after the shared pretrain."""
+    cwd, root = pretrained
+    if not (cwd / "results/toy/train.pt").exists():
+        assert wsss("train", cwd, root, *SCHEDULE).returncode == 0
+    return cwd, root
 
 
 def test_pretrain_writes_checkpoint_curve_and_config(pretrained):
@@ -70,10 +81,8 @@ def test_infer_on_the_trained_model_depends_on_neither_chunk_nor_scale_order(pre
     import numpy as np
     from PIL import Image
 
-    cwd, root = pretrained
-    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
-    if not (cwd / "results/toy/train.pt").exists():
-        assert wsss("train", cwd, root, *schedule).returncode == 0
+    cwd, root = trained(pretrained)
+    schedule = SCHEDULE
     outputs = {}
     for chunk, scales in ((1, "[1.0, 0.5, 1.5, 2.0]"), (4, "[1.0, 0.5, 1.5, 2.0]"), (8, "[2.0, 1.5, 0.5, 1.0]")):
         proc = wsss("infer", cwd, root, *schedule, f"infer.chunk={chunk}", f"infer.scales={scales}")
@@ -106,10 +115,8 @@ def test_the_crf_stage_refines_every_probability_file_whatever_the_workers(pretr
     from wsss.metrics import confusion, scores
     from wsss.stages.crf import read_probs, refine
 
-    cwd, root = pretrained
-    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
-    if not (cwd / "results/toy/train.pt").exists():
-        assert wsss("train", cwd, root, *schedule).returncode == 0
+    cwd, root = trained(pretrained)
+    schedule = SCHEDULE
     assert wsss("infer", cwd, root, *schedule, "infer.scales=[1.0]").returncode == 0
     crf_cfg = yaml.safe_load((REPO / "params.yaml").read_text())["crf"]
     written = {}
@@ -143,10 +150,8 @@ def test_the_infer_stage_writes_what_predict_and_combine_give(pretrained):
 
     from wsss.stages.infer import combine, load_model, predict
 
-    cwd, root = pretrained
-    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
-    if not (cwd / "results/toy/train.pt").exists():
-        assert wsss("train", cwd, root, *schedule).returncode == 0
+    cwd, root = trained(pretrained)
+    schedule = SCHEDULE
     knobs = ["infer.scales=[1.0, 0.5]", "infer.flip=true", "infer.pad_size=[160, 160]", "infer.fp_cut=0.3"]
     assert wsss("infer", cwd, root, *schedule, *knobs).returncode == 0
     cfg = config.load([REPO / "params.yaml"], [*SMALL, *schedule, *knobs, f"data.root={root}"])
@@ -174,10 +179,8 @@ def test_the_crf_stage_names_what_is_wrong_with_its_input(pretrained, tmp_path):
 
     import numpy as np
 
-    cwd, root = pretrained
-    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3", "infer.scales=[1.0]", "crf.workers=1"]
-    if not (cwd / "results/toy/train.pt").exists():
-        assert wsss("train", cwd, root, *schedule).returncode == 0
+    cwd, root = trained(pretrained)
+    schedule = [*SCHEDULE, "infer.scales=[1.0]", "crf.workers=1"]
     assert wsss("infer", cwd, root, *schedule).returncode == 0  # under these params, whatever ran before
     elsewhere = tmp_path / "results"
     probs_dir = elsewhere / "toy/val/infer/probs"
@@ -207,10 +210,8 @@ def test_clean_protocol_takes_the_classes_from_the_ground_truth(pretrained):
 
     from wsss.data.palette import load_mask
 
-    cwd, root = pretrained
-    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
-    if not (cwd / "results/toy/train.pt").exists():
-        assert wsss("train", cwd, root, *schedule).returncode == 0
+    cwd, root = trained(pretrained)
+    schedule = SCHEDULE
     proc = wsss("infer", cwd, root, *schedule, "infer.presence=gt", "infer.scales=[1.0]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for path in sorted((cwd / "results/toy/val/infer/probs").glob("*.npz")):
@@ -221,10 +222,8 @@ def test_clean_protocol_takes_the_classes_from_the_ground_truth(pretrained):
 
 
 def test_train_refuses_a_checkpoint_another_stage_wrote(pretrained, tmp_path):
-    cwd, root = pretrained
-    schedule = ["presets.toy.train.cls_epochs=2", "presets.toy.train.epochs=3"]
-    if not (cwd / "results/toy/train.pt").exists():
-        assert wsss("train", cwd, root, *schedule).returncode == 0
+    cwd, root = trained(pretrained)
+    schedule = SCHEDULE
     (tmp_path / "results/toy").mkdir(parents=True)
     (tmp_path / "results/toy/pretrain.pt").write_bytes((cwd / "results/toy/train.pt").read_bytes())
     proc = wsss("train", tmp_path, root, *schedule)
