@@ -40,6 +40,7 @@ def pretrained(toy_root, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("run")
     proc = wsss("pretrain", cwd, toy_root.parent, *SCHEDULE)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == "pretrain: wrote results/toy/pretrain.pt (epochs 0-2)"
     return cwd, toy_root.parent
 
 
@@ -263,7 +264,7 @@ def test_killed_pretrain_resumes_from_the_last_epoch(toy_root, tmp_path):
     assert 1 <= saved < 8
     again = wsss("pretrain", tmp_path, toy_root.parent, *schedule)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming pretrain from" in again.stdout and f"at epoch {saved}" in again.stdout
+    assert "resuming pretrain from" in again.stdout and f"at epoch {saved}" in again.stdout
     assert torch.load(tmp_path / "results/toy/pretrain.pt", map_location="cpu", weights_only=False)["epoch"] == 8
     epochs = [int(r.split("\t")[1]) for r in (tmp_path / "results/toy/pretrain_log.tsv").read_text().splitlines()[1:]]
     assert epochs == sorted(epochs) and set(epochs) == set(range(8)), "each epoch logged once, in order"

@@ -28,9 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -47,8 +49,14 @@ NO_TESTS = {5, 33}
 
 
 def run_mutmut(names: list[str], budget_min: float, children: int) -> int:
-    """``mutmut run`` with one torch thread per child; interrupted (SIGINT, results kept) at the budget."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    """``mutmut run`` with one torch thread per child; interrupted (SIGINT, results kept) at the budget.
+
+    Every mutant's pytest session makes its own ``pytest-of-<user>/pytest-N`` folder (about 0.5 GB for
+    the stage tests) and pytest's clean-up of old ones does not keep up with forked sessions, so the
+    run gets a temporary folder of its own (``TMPDIR``) that is deleted when it ends.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="wsss-mutation-"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TMPDIR=str(scratch))
     start = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names],
                             cwd=ROOT, env=env)
@@ -61,6 +69,8 @@ def run_mutmut(names: list[str], budget_min: float, children: int) -> int:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     print(f"mutation: mutmut ran {(time.monotonic() - start) / 60:.1f} min")
     return proc.returncode
 
