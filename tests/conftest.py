@@ -94,6 +94,21 @@ def small_toy_data_cfg(root: Path, **changes) -> dict:
     }
 
 
+TINY_TRAINING = ["presets.toy.train.batch_size=8", "presets.toy.train.crop_size=32", "train.workers=0",
+                 "train.log_every=1", "presets.toy.train.cls_epochs=1", "presets.toy.train.epochs=2"]
+
+
+@pytest.fixture
+def tiny_training_cfg(toy_root) -> dict:
+    """params.yaml resolved for the smallest training on the small toy set: batch 8 of 32 px crops,
+    a curve row per step, one classification epoch then one with the segmentation term."""
+    from wsss import config
+
+    cfg = config.load([Path(__file__).resolve().parents[1] / "params.yaml"], TINY_TRAINING)
+    cfg["data"] = small_toy_data_cfg(toy_root.parent)
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory) -> Path:
     """A small toy dataset prepared by the prepare stage (with prepared.json); 10 + 1 classes."""

@@ -183,6 +183,7 @@ def test_snakemake_runs_the_whole_dag(snakemake_run):
     ("infer.fp_cut", 0.2, {"infer", "crf", "evaluate"}),
     ("model.fca", False, {"pretrain", "train", "infer", "crf", "evaluate"}),
     ("presets.toy.train.pseudo_floor", 0.3, {"train", "infer", "crf", "evaluate"}),
+    ("plugins.rtc.enabled", True, {"pretrain", "train", "infer", "crf", "evaluate"}),
 ])
 def test_snakemake_reruns_only_what_a_param_change_touches(snakemake_run, key, value, expected):
     params = snakemake_run / "params.yaml"
@@ -245,6 +246,7 @@ def test_dvc_repro_runs_the_whole_dag_and_is_then_clean(dvc_run):
     ("infer.fp_cut", 0.2, {"infer"}, {"infer", "crf", "evaluate"}),
     # the whole re-run from pretrain is what test_dvc_exp_run_ablation_and_exp_show runs
     ("model.fca", False, {"pretrain", "train", "infer"}, None),
+    ("plugins.fbr.enabled", True, {"pretrain", "train"}, None),
 ])
 def test_dvc_reruns_only_what_a_param_change_touches(dvc_run, key, value, changed, ran):
     try:
@@ -271,6 +273,28 @@ def test_dvc_exp_run_ablation_and_exp_show(dvc_run):
             if "miou_crf" in metric:
                 values.append((data.get("params", {}).get("params.yaml", {}).get("data", {}).get("model", {}).get("fca"), metric["miou_crf"]))
     assert {fca for fca, _ in values} == {True, False}, values
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_plugins_beside_ws_fcn(dvc_run):
+    """Each plug-in's one key is an experiment that `dvc exp show` lists beside the plain WS-FCN run."""
+    for plugin in ("rtc", "fbr"):
+        # `dvc exp run` leaves its params in the workspace: each experiment starts from the committed ones
+        sh(["git", "checkout", "--", "."], dvc_run)
+        sh([str(BIN / "dvc"), "checkout", "--force"], dvc_run)
+        out = sh([str(BIN / "dvc"), "exp", "run", "-S", f"plugins.{plugin}.enabled=true",
+                  "-S", "plugins.rtc.view_size=48", "-S", "plugins.fbr.bank_size=512"], dvc_run).stdout
+        assert {"pretrain", "train", "infer", "crf", "evaluate"} <= set(re.findall(r"^Running stage '(\w+)'", out, flags=re.M))
+    shown = json.loads(sh([str(BIN / "dvc"), "exp", "show", "--json"], dvc_run).stdout)
+    switched = set()
+    for commit in shown:
+        for exp in [commit] + [e for group in commit.get("experiments") or [] for e in group.get("revs", [])]:
+            data = exp.get("data") or {}
+            metric = (data.get("metrics") or {}).get("results/metrics/toy_val.json", {}).get("data", {})
+            plugins = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("plugins", {})
+            if "miou_crf" in metric:
+                switched.add(tuple(sorted(name for name, section in plugins.items() if section.get("enabled"))))
+    assert {(), ("rtc",), ("fbr",)} <= switched, switched
 
 
 @pytest.mark.slow

@@ -8,9 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from wsss import config
 from wsss.data.transforms import TrainTransform

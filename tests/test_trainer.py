@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import small_toy_data_cfg
+from conftest import TINY_TRAINING
 from wsss import config
 from wsss.engine import checkpoint, trainer
 from wsss.errors import WsssError
@@ -19,15 +19,11 @@ from wsss.model.network import build_model
 from wsss.paths import for_config
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["presets.toy.train.batch_size=8", "presets.toy.train.crop_size=32", "train.workers=0", "train.log_every=1",
-        "presets.toy.train.cls_epochs=1", "presets.toy.train.epochs=2"]
 
 
 @pytest.fixture
-def cfg(toy_root):
-    cfg = config.load([REPO / "params.yaml"], TINY)
-    cfg["data"] = small_toy_data_cfg(toy_root.parent)
-    return cfg
+def cfg(tiny_training_cfg):
+    return tiny_training_cfg
 
 
 @pytest.fixture
@@ -111,13 +107,61 @@ def test_a_loss_that_is_not_finite_stops_training_naming_the_key(cfg, tmp_path, 
 
 
 def test_the_loader_order_is_fixed_by_seed_and_epoch(cfg):
+    cfg["train"].update(seed=7, workers=2)  # a seed other than 0, which would hide how it enters
     dataset = trainer._dataset(cfg)
     loader = trainer._loader(dataset, cfg, epoch=3)
-    assert len(loader) == 48 // 8 and loader.drop_last and loader.num_workers == 0
-    expected = torch.randperm(48, generator=torch.Generator().manual_seed(cfg["train"]["seed"] * 1000 + 3)).tolist()
+    assert len(loader) == 48 // 8 and loader.drop_last and loader.num_workers == 2
+    expected = torch.randperm(48, generator=torch.Generator().manual_seed(7 * 1000 + 3)).tolist()
     assert list(iter(loader.sampler)) == expected
     assert list(iter(trainer._loader(dataset, cfg, epoch=3).sampler)) == expected
     assert list(iter(trainer._loader(dataset, cfg, epoch=4).sampler)) != expected
+
+
+def _copy_split(src: Path, dst: Path, split: str) -> None:
+    """A VOC-format copy of one split of ``src`` (images, masks, list) under ``dst``."""
+    import shutil
+
+    names = (src / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    for sub, ext in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(src / sub / f"{name}{ext}", dst / sub / f"{name}{ext}")
+    (dst / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "ImageSets" / "Segmentation" / f"{split}.txt", dst / "ImageSets" / "Segmentation")
+
+
+@pytest.mark.parametrize("dataset", ["voc", "toy"])
+def test_train_aug_takes_its_labels_from_the_aug_masks_where_prepare_made_them(cfg, toy_root, tmp_path, capsys,
+                                                                               dataset):
+    import numpy as np
+    from PIL import Image
+
+    from wsss.data.voc import AUG_MASKS
+
+    root = tmp_path / dataset
+    _copy_split(toy_root, root, "train_aug")
+    cfg["data"].update(name=dataset, root=str(tmp_path))
+    plain = trainer._dataset(cfg)
+    assert plain.mask_dir == "SegmentationClass"
+    note = capsys.readouterr().err
+    expected = (f"note: {root / AUG_MASKS} is missing, so the image-level labels come from {root / 'SegmentationClass'} "
+                "(VOC's masks first, not the public code's SBD-first list); re-run `wsss prepare` to make it\n")
+    assert note == (expected if dataset == "voc" else "")
+
+    # an aug mask that holds only class 3: the labels follow it, not SegmentationClass
+    (root / AUG_MASKS).mkdir()
+    for name in (root / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split():
+        mask = np.asarray(Image.open(root / "SegmentationClass" / f"{name}.png"))
+        Image.fromarray(np.where(mask > 0, 3, 0).astype(np.uint8)).save(root / AUG_MASKS / f"{name}.png")
+    aug = trainer._dataset(cfg)
+    assert aug.mask_dir == AUG_MASKS and capsys.readouterr().err == ""
+    index = next(i for i in range(len(plain)) if set(np.unique(plain.load(i)[1])) - {0, 3, 255})
+    assert set(np.unique(aug.load(index)[1])) <= {0, 3}
+
+    cfg["data"]["train_split"] = "train"  # another split never reads the aug masks
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text(
+        (root / "ImageSets" / "Segmentation" / "train_aug.txt").read_text())
+    assert trainer._dataset(cfg).mask_dir == "SegmentationClass"
 
 
 def test_a_split_smaller_than_a_batch_is_refused(cfg, toy_root):
@@ -133,7 +177,7 @@ def test_each_phase_resumes_from_its_own_state_file(cfg, tmp_path):
              for stage in ("pretrain", "train", "supervise")}
     assert len(set(names.values())) == 3
     assert all(p.parent == paths.state and p.name.startswith(f"{stage}-") for stage, p in names.items())
-    other = config.load([REPO / "params.yaml"], TINY + ["train.lr=0.5"])
+    other = config.load([REPO / "params.yaml"], TINY_TRAINING + ["train.lr=0.5"])
     other["data"] = cfg["data"]
     assert trainer._state_path(other, trainer.phase_for("train", other, paths), paths) != names["train"]
 
@@ -171,11 +215,18 @@ def test_the_curve_file_is_tab_separated_with_plain_newlines(cfg, tmp_path, one_
     assert "\r" not in text and text.splitlines()[0] == "\t".join(trainer.LOG_COLUMNS) and text.endswith("\n")
 
 
+@pytest.mark.parametrize("plugin", [None, "rtc", "fbr"])
 def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, monkeypatch, capsys, fake_clock,
-                                                                 one_thread):
-    cfg["train"]["cls_epochs"] = 2
+                                                                 one_thread, plugin):
+    # two epochs, the second with the segmentation term (and a plug-in's pseudo-label adjustment)
+    cfg["train"]["cls_epochs"] = 1
+    if plugin:
+        cfg["plugins"][plugin]["enabled"] = True
+        cfg["plugins"]["rtc"]["view_size"] = 40
+        cfg["plugins"]["fbr"].update(bank_size=96, bg_below=0.4, fg_above=0.6)  # the bank wraps around in epoch 1
+    phase = trainer.Phase("pretrain", 0, 2)
     whole = for_config(cfg, tmp_path / "whole")
-    trainer.run(cfg, trainer.phase_for("pretrain", cfg, whole), whole)
+    trainer.run(cfg, phase, whole)
     expected = checkpoint.load(whole.checkpoint("pretrain"))
 
     paths = for_config(cfg, tmp_path / "killed")
@@ -188,11 +239,11 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, 
 
     monkeypatch.setattr(trainer.checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+        trainer.run(cfg, phase, paths)
     monkeypatch.setattr(trainer.checkpoint, "save", real_save)
     assert not paths.checkpoint("pretrain").exists() and len(list(paths.state.glob("pretrain-*.pt"))) == 1
     capsys.readouterr()
-    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    trainer.run(cfg, phase, paths)
     assert "resuming pretrain from " in capsys.readouterr().out
     resumed = checkpoint.load(paths.checkpoint("pretrain"))
     assert resumed["epoch"] == expected["epoch"] == 2 and resumed["step"] == expected["step"] == 12
@@ -204,6 +255,16 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, 
         assert torch.equal(resumed["model"][name], tensor), name
     momentum = [s["momentum_buffer"] for s in expected["optimizer"]["state"].values()]
     assert all(torch.equal(a["momentum_buffer"], b) for a, b in zip(resumed["optimizer"]["state"].values(), momentum))
+    assert len(momentum) == len(list(resumed["optimizer"]["state"].values()))
+    if plugin:  # the plug-in's heads and state, and its curve columns
+        assert set(expected["plugins"]) and set(resumed["plugins"]) == set(expected["plugins"])
+        for name, tensor in expected["plugins"].items():
+            assert torch.equal(resumed["plugins"][name], tensor), name
+        first_term = {"rtc": "equiv", "fbr": "decorrelate"}[plugin]
+        assert all(r[f"{plugin}.{first_term}"] > 0 for r in resumed["log"])
+        assert {r["epoch"] for r in resumed["log"] if r["seg"] > 0} == {1}
+    else:
+        assert "plugins" not in resumed
 
 
 def test_supervise_trains_on_the_ground_truth_masks(cfg, tmp_path, one_thread):

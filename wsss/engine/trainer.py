@@ -30,9 +30,11 @@ from wsss.model.losses import build_loss
 from wsss.model.network import build_model
 from wsss.model.optim import build_optimizer
 from wsss.paths import StagePaths, for_config
+from wsss.plugins import PluginSet, Step, build_plugins, check_plugins
 from wsss.utils.atomic import write_text, write_yaml
 
 LOG_COLUMNS = ["stage", "epoch", "step", "loss", "cls", "seg", "lr", "img_per_s", "pseudo_valid"]
+TENSORS = ("pseudo", "refined")  # loss outputs that are maps, not curve values
 
 
 @dataclass
@@ -89,12 +91,36 @@ def _state_path(cfg: dict, phase: Phase, paths: StagePaths) -> Path:
     return paths.state / f"{phase.name}-{key}.pt"
 
 
-def _tsv(rows: list[dict]) -> str:
+def _tsv(rows: list[dict], columns: list[str] = LOG_COLUMNS) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, delimiter="\t", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, delimiter="\t", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def _plugin_state(plugins: PluginSet) -> dict:
+    """A checkpoint's ``plugins`` entry (heads and state of every plug-in); none without plug-ins."""
+    return {"plugins": plugins.state_dict()} if plugins else {}
+
+
+def _with_plugins(plugins: PluginSet, model: torch.nn.Module, out: dict, images: torch.Tensor, raw: torch.Tensor,
+                  labels: torch.Tensor, epoch: int, seg_on: bool, loss_fn, extra: dict, use_amp: bool) -> dict:
+    """The network's loss with the plug-ins: their views through the network, their pseudo-label
+    adjustment, and their weighted terms added to ``total`` (each also under ``<plugin>.<term>``)."""
+    views = plugins.extra_views(images, raw)
+    outputs = {"crop": out}
+    for name, (view, _) in views.items():
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            outputs[name] = model(view)
+    if "mask" not in extra:  # the weak loss: the plug-ins may adjust its pseudo-labels
+        extra = {**extra, "adjust": plugins.adjust_pseudo}
+    losses = dict(loss_fn(out, raw, labels, seg_on=seg_on, **extra))
+    step = Step(epoch, seg_on, images, raw, labels, outputs, views, losses.get("pseudo"), losses.get("refined"))
+    terms = plugins.losses(step)
+    losses["total"] = losses["total"] + PluginSet.total(terms)
+    losses.update({name: value.detach() for name, (value, _) in terms.items()})
+    return losses
 
 
 def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
@@ -105,11 +131,14 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
     dev = devices.resolve(t["device"])
     devices.limit_cpu_threads(dev, reserved=t["workers"])
     checkpoint.seed_everything(t["seed"])
+    check_plugins(cfg)  # a bad plug-in setting stops the run before anything else happens
     if phase.init_checkpoint is None and cfg["model"]["pretrained"]:
         fetch_weights(cfg["model"]["backbone"], cfg["data"]["downloads"], cfg["model"]["weights"])
     # ImageNet weights only when starting from scratch; otherwise the checkpoint brings them.
     model = build_model(cfg, load_weights=phase.init_checkpoint is None).to(dev)
-    optimizer = build_optimizer(model, cfg)
+    # plug-in heads are made after the network, so that its initialisation does not depend on them
+    plugins = build_plugins(cfg, model).to(dev)
+    optimizer = build_optimizer(model, cfg, extra=plugins) if plugins else build_optimizer(model, cfg)
     loss_fn = build_loss(cfg, supervised=phase.supervised)
     rows: list[dict] = []
     start, step = phase.first_epoch, 0  # step counts optimiser steps over the whole schedule
@@ -120,6 +149,8 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
         checkpoint.check_signature(init, cfg, phase.init_checkpoint)
         model.load_state_dict(init["model"])
         optimizer.load_state_dict(init["optimizer"])
+        if plugins:  # pretrain ran with the same plug-ins (check_made_by): their heads and state go on
+            plugins.load_state_dict(init["plugins"])
         if init["epoch"] != phase.first_epoch:
             raise WsssError(f"checkpoint {phase.init_checkpoint} ends at epoch {init['epoch']}, but train.cls_epochs is "
                             f"{phase.first_epoch}; re-run pretrain")
@@ -130,6 +161,8 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
         state = checkpoint.load(state_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if plugins:
+            plugins.load_state_dict(state["plugins"])
         checkpoint.set_rng_state(state["rng"])
         start, rows, step = state["epoch"], state["log"], state["step"]
         print(f"resuming {phase.name} from {state_path} at epoch {start}")
@@ -148,7 +181,11 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(images)
             extra = {"mask": batch["mask"].to(dev)} if phase.supervised else {}
-            losses = loss_fn(out, batch["raw"].to(dev), labels, seg_on=seg_on, **extra)
+            if plugins:
+                losses = _with_plugins(plugins, model, out, images, batch["raw"].to(dev), labels, epoch, seg_on,
+                                       loss_fn, extra, use_amp)
+            else:
+                losses = loss_fn(out, batch["raw"].to(dev), labels, seg_on=seg_on, **extra)
             if not torch.isfinite(losses["total"]):
                 raise WsssError(f"{phase.name}: the loss became {losses['total'].item()} at epoch {epoch}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
@@ -158,24 +195,25 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
             seen += images.shape[0]
             if step % t["log_every"] == 0:
                 now = time.perf_counter()
-                value = {k: float(torch.as_tensor(v).detach()) for k, v in losses.items()}
+                value = {k: float(torch.as_tensor(v).detach()) for k, v in losses.items() if k not in TENSORS}
                 rows.append({
                     "stage": phase.name, "epoch": epoch, "step": step,
                     "loss": round(value["total"], 5), "cls": round(value["cls"], 5), "seg": round(value["seg"], 5),
                     "lr": optimizer.param_groups[0]["lr"], "img_per_s": round(seen / max(now - tick, 1e-9), 2),
                     "pseudo_valid": round(value.get("pseudo_valid", float("nan")), 4),
+                    **{column: round(value[column], 5) for column in plugins.columns},
                 })
                 tick, seen = now, 0
                 bar.set_postfix(loss=f"{value['total']:.3f}", seg=f"{value['seg']:.3f}")
         checkpoint.save(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "log": rows,
-                                     "signature": checkpoint.model_signature(cfg)})
+                                     "signature": checkpoint.model_signature(cfg), **_plugin_state(plugins)})
 
     checkpoint.save(out_checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": phase.end_epoch, "step": step, "rng": checkpoint.rng_state(), "log": rows,
                                      "signature": checkpoint.model_signature(cfg), "config": cfg,
-                                     "stage": phase.name, "supervised": phase.supervised})
-    write_text(out_log, _tsv([r for r in rows if r["stage"] == phase.name]))
+                                     "stage": phase.name, "supervised": phase.supervised, **_plugin_state(plugins)})
+    write_text(out_log, _tsv([r for r in rows if r["stage"] == phase.name], LOG_COLUMNS + plugins.columns))
     write_yaml(out_config, cfg)
     state_path.unlink(missing_ok=True)
 

@@ -4,7 +4,9 @@ classification-only CAM baseline loss, and a fully supervised loss for the upper
 Every loss is called as ``loss(out, raw, labels, seg_on)`` with the network's output dict and
 returns a dict with ``total`` (the tensor to back-propagate), ``cls`` and ``seg`` (detached
 tensors) and the diagnostics ``pseudo_valid`` and ``pseudo_ignore`` (floats; NaN when no pseudo
-labels were made).
+labels were made). The weak losses also take ``adjust``, a training plug-in's pseudo-label
+adjustment (``wsss.plugins``); given it, the single-stage loss also returns the maps it made,
+``pseudo`` (B, H, W) and ``refined`` (B, C, H, W), detached (None before ``seg_on``).
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ class CAMLoss:
     def __init__(self, cfg: dict):
         """``cfg`` is taken for the losses' common signature (``build_loss``); this loss has no settings."""
 
-    def __call__(self, out: dict, raw: Tensor | None, labels: Tensor, seg_on: bool = False) -> dict:
+    def __call__(self, out: dict, raw: Tensor | None, labels: Tensor, seg_on: bool = False, adjust=None) -> dict:
+        """``adjust`` is accepted for the common signature: this loss makes no pseudo-labels."""
         cls = classification_loss(_check_labels(out, labels), labels)
         return _result(cls, cls, cls.new_zeros(()))
 
@@ -169,16 +172,23 @@ class SingleStageLoss:
         refined = self.refine(_require(out, "masks", "network output"), raw)
         return pseudo_labels(refined, labels, self.kappa_bg, self.kappa_fg, self.floor, self.ignore_index)
 
-    def __call__(self, out: dict, raw: Tensor, labels: Tensor, seg_on: bool) -> dict:
+    def __call__(self, out: dict, raw: Tensor, labels: Tensor, seg_on: bool, adjust=None) -> dict:
         cls = classification_loss(_check_labels(out, labels), labels)
         if not seg_on:
-            return _result(cls, cls, cls.new_zeros(()))
-        pseudo = self.make_pseudo(out, raw, labels)
+            result = _result(cls, cls, cls.new_zeros(()))
+            return result if adjust is None else {**result, "pseudo": None, "refined": None}
+        if adjust is None:
+            pseudo = self.make_pseudo(out, raw, labels)
+        else:
+            refined = self.refine(_require(out, "masks", "network output"), raw)
+            pseudo = adjust(pseudo_labels(refined, labels, self.kappa_bg, self.kappa_fg, self.floor, self.ignore_index),
+                            refined, labels)
         logits_up = upsample(_require(out, "logits", "network output").float(), tuple(raw.shape[-2:]))
         seg, valid = balanced_seg_loss(logits_up, pseudo, labels, self.ignore_index, self.reduction)
         ignored = (pseudo == self.ignore_index).float().mean()
         total = cls + self.seg_weight * seg
-        return _result(total, cls, seg, valid.float().mean().item(), ignored.item())
+        result = _result(total, cls, seg, valid.float().mean().item(), ignored.item())
+        return result if adjust is None else {**result, "pseudo": pseudo, "refined": refined}
 
 
 SUPERVISED_LOSSES = ("balanced", "ce")

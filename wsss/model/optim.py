@@ -8,14 +8,15 @@ from torch import nn
 GROUP_NAMES = ("pretrained_weights", "pretrained_biases", "new_weights", "new_biases")
 
 
-def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
+def param_groups(model: nn.Module, cfg: dict, extra: nn.Module | None = None) -> list[dict]:
     """Four SGD parameter groups, in the order of ``train.lr_mults``:
     pretrained weights, pretrained biases, new weights, new biases.
 
     "Pretrained" means a backbone parameter (``model.pretrained_parameter_names()``), "bias" a
     parameter whose name ends in ``bias``. Each group has ``lr = train.lr * mult`` (and its
     ``lr_mult``); weight decay ``train.weight_decay`` applies to the weight groups only.
-    Frozen parameters (``requires_grad`` false) are left out. Groups may be empty.
+    Frozen parameters (``requires_grad`` false) are left out. Groups may be empty. ``extra``: more
+    trainable modules (training plug-ins' heads), whose parameters are new layers, after the model's.
     """
     train = cfg["train"]
     lr, wd, mults = float(train["lr"]), float(train["weight_decay"]), train["lr_mults"]
@@ -27,6 +28,9 @@ def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
         origin = "pretrained" if name in pretrained else "new"
         kind = "biases" if name.endswith("bias") else "weights"
         buckets[f"{origin}_{kind}"].append(param)
+    for name, param in (extra.named_parameters() if extra is not None else ()):
+        if param.requires_grad:
+            buckets["new_biases" if name.endswith("bias") else "new_weights"].append(param)
     groups = []
     for name, mult in zip(GROUP_NAMES, mults):
         groups.append({
@@ -39,7 +43,7 @@ def param_groups(model: nn.Module, cfg: dict) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, cfg: dict, extra: nn.Module | None = None) -> torch.optim.SGD:
     """SGD with momentum ``train.momentum`` and base LR ``train.lr`` over ``param_groups``."""
     train = cfg["train"]
-    return torch.optim.SGD(param_groups(model, cfg), lr=float(train["lr"]), momentum=float(train["momentum"]))
+    return torch.optim.SGD(param_groups(model, cfg, extra), lr=float(train["lr"]), momentum=float(train["momentum"]))
