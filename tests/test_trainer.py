@@ -165,6 +165,8 @@ def test_train_aug_takes_its_labels_from_the_aug_masks_where_prepare_made_them(c
 
 
 def test_a_split_smaller_than_a_batch_is_refused(cfg, toy_root):
+    cfg["train"]["batch_size"] = 48  # exactly one batch: allowed
+    assert len(trainer._dataset(cfg)) == 48
     cfg["train"]["batch_size"] = 64
     with pytest.raises(WsssError) as err:
         trainer._dataset(cfg)
@@ -198,11 +200,17 @@ def test_imagenet_weights_are_fetched_only_when_starting_from_scratch(cfg, tmp_p
     cfg["model"]["pretrained"] = True
     cfg["model"]["weights"] = "my-weights.pth"
     paths = for_config(cfg, tmp_path / "results")
-    monkeypatch.setattr(trainer, "build_model", lambda c, load_weights: build_model(c, load_weights=False))
+    loads = []
+
+    def build(c, load_weights):
+        loads.append(load_weights)
+        return build_model(c, load_weights=False)
+
+    monkeypatch.setattr(trainer, "build_model", build)
     trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
-    assert calls == [(cfg["model"]["backbone"], cfg["data"]["downloads"], "my-weights.pth")]
+    assert calls == [(cfg["model"]["backbone"], cfg["data"]["downloads"], "my-weights.pth")] and loads == [True]
     trainer.run(cfg, trainer.phase_for("train", cfg, paths), paths)  # from the pretrain checkpoint
-    assert len(calls) == 1
+    assert len(calls) == 1 and loads == [True, False]
     cfg["model"]["pretrained"] = False
     trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
     assert len(calls) == 1
@@ -294,3 +302,27 @@ def test_throughput_counts_every_image_since_the_last_row(cfg, tmp_path, fake_cl
     trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
     rows = checkpoint.load(paths.checkpoint("pretrain"))["log"]
     assert [r["step"] for r in rows] == [2, 4, 6] and [r["img_per_s"] for r in rows] == [16.0, 16.0, 16.0]
+
+
+def test_the_cpu_threads_leave_a_core_to_each_loader_worker(cfg, tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    cfg["train"]["workers"] = 2
+    seen = []
+    monkeypatch.setattr(trainer, "_dataset", lambda c: seen.append(torch.get_num_threads()) or (_ for _ in ()).throw(
+        WsssError("stop here")))
+    paths = for_config(cfg, tmp_path / "results")
+    with pytest.raises(WsssError, match="stop here"):
+        trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    assert seen == [1]  # a budget of 3 threads, 2 of them the workers'
+
+
+def test_train_refuses_a_pretrain_checkpoint_of_another_model_without_a_recorded_config(cfg, tmp_path, one_thread):
+    paths = for_config(cfg, tmp_path / "results")
+    trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
+    state = checkpoint.load(paths.checkpoint("pretrain"))
+    del state["config"]  # as written before checkpoints recorded their configuration
+    state["signature"]["model"] = {**state["signature"]["model"], "psi": 0.5}
+    checkpoint.save(paths.checkpoint("pretrain"), state)
+    with pytest.raises(WsssError, match=rf"^checkpoint {paths.checkpoint('pretrain')} was made for a different model "
+                                        r"configuration \(model.psi: checkpoint 0.5, params 0.3\)"):
+        trainer.run(cfg, trainer.phase_for("train", cfg, paths), paths)

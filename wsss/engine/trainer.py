@@ -51,7 +51,7 @@ class Phase:
 def phase_for(stage: str, cfg: dict, paths: StagePaths) -> Phase:
     train = cfg["train"]
     if stage == "pretrain":
-        return Phase("pretrain", 0, train["cls_epochs"], None)
+        return Phase("pretrain", 0, train["cls_epochs"])
     if stage == "train":
         return Phase("train", train["cls_epochs"], train["epochs"], paths.checkpoint("pretrain"))
     if stage == "supervise":  # as `train`, from the same pretrain checkpoint, with ground truth for pseudo-labels
@@ -83,7 +83,7 @@ def _loader(dataset: VOCSegmentation, cfg: dict, epoch: int) -> DataLoader:
     t = cfg["train"]
     generator = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)  # same order on resume
     return DataLoader(dataset, batch_size=t["batch_size"], shuffle=True, drop_last=True, num_workers=t["workers"],
-                      generator=generator, persistent_workers=False, pin_memory=False)
+                      generator=generator)
 
 
 def _state_path(cfg: dict, phase: Phase, paths: StagePaths) -> Path:
@@ -138,7 +138,7 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
     model = build_model(cfg, load_weights=phase.init_checkpoint is None).to(dev)
     # plug-in heads are made after the network, so that its initialisation does not depend on them
     plugins = build_plugins(cfg, model).to(dev)
-    optimizer = build_optimizer(model, cfg, extra=plugins) if plugins else build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, extra=plugins)  # without plug-ins: the model's groups, unchanged
     loss_fn = build_loss(cfg, supervised=phase.supervised)
     rows: list[dict] = []
     start, step = phase.first_epoch, 0  # step counts optimiser steps over the whole schedule

@@ -20,7 +20,7 @@ __all__ = ["PLUGINS", "PluginSet", "Step", "TrainingPlugin", "build_plugins", "c
 
 def enabled_plugins(cfg: dict) -> list[str]:
     """The names of the plug-ins ``cfg`` switches on, in params order."""
-    return [name for name, section in cfg.get("plugins", {}).items() if section.get("enabled")]
+    return [name for name, section in cfg["plugins"].items() if section["enabled"]]
 
 
 def check_plugins(cfg: dict) -> list[type[TrainingPlugin]]:
@@ -36,8 +36,8 @@ def check_plugins(cfg: dict) -> list[type[TrainingPlugin]]:
         cls = PLUGINS[name]
         method = cfg["model"]["method"]
         if method not in cls.methods:
-            raise WsssError(f"key 'plugins.{name}.enabled': plug-in '{name}' needs model.method "
-                            f"{' or '.join(cls.methods)}, not {method!r}")
+            raise WsssError(f"key 'plugins.{name}.enabled': plug-in '{name}' needs model.method in "
+                            f"{list(cls.methods)}, not {method!r}")
         cls.check(cfg)
         classes.append(cls)
     return classes

@@ -35,7 +35,7 @@ from wsss.errors import WsssError
 class Step:
     """What a plug-in sees of one training step (every tensor on the training device).
 
-    ``images``: (B, 3, H, W) the normalised crop; ``raw``: (B, 3, H, W) its RGB values, 0..255;
+    ``images``: (B, 3, H, W) the normalised crop; ``raw``: (B, 3, H, W) its RGB values in [0, 1] (before normalisation);
     ``labels``: (B, C-1) multi-hot image labels; ``outputs``: view name -> the network's output
     (``logits``, ``masks``, ``cls``, ``features``; see ``wsss.model.network``), ``"crop"`` being
     the batch itself; ``views``: extra view name -> ``(images, raw)``; ``pseudo``: (B, H, W) the
@@ -61,14 +61,15 @@ class TrainingPlugin(nn.Module):
     (its loss terms, in curve order) and ``methods`` (the ``model.method`` values it can serve),
     and implement ``losses``. ``self.cfg`` is the whole configuration, ``self.settings`` its section.
     The constructor gets the network being trained to size its heads (``network.backbone``'s
-    ``deep_channels`` and ``shallow_channels``); it must not keep it (it would become a sub-module).
+    ``deep_channels`` and ``shallow_channels``); it must not keep it (it would become a sub-module),
+    and passes only ``cfg`` on to this one.
     """
 
     name: ClassVar[str] = ""
     terms: ClassVar[tuple[str, ...]] = ()
     methods: ClassVar[tuple[str, ...]] = ("single_stage",)
 
-    def __init__(self, cfg: dict, network: nn.Module):
+    def __init__(self, cfg: dict, network: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         self.settings = dict(cfg["plugins"][self.name])
@@ -168,10 +169,10 @@ def info_nce(anchors: Tensor, positives: Tensor, negatives: Tensor, temperature:
     """
     if anchors.shape[0] == 0:
         return zero_like_graph(anchors)
-    pos = (anchors * positives).sum(-1, keepdim=True)
+    pos = (anchors * positives).sum(1, keepdim=True)
     if negatives.dim() == 2:
         neg = anchors @ negatives.t()
     else:
-        neg = torch.einsum("nd,nkd->nk", anchors, negatives)
+        neg = (negatives @ anchors[:, :, None])[:, :, 0]
     logits = torch.cat([pos, neg], dim=1) / temperature
     return -torch.log_softmax(logits, dim=1)[:, 0].mean()

@@ -29,7 +29,6 @@ faithful version: live anchors, cosines over the feature axis; ``true`` reproduc
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,17 +41,17 @@ from wsss.plugins.rtc import resize, rtc_cam
 def nrois(features: Tensor, clusters: int, seed: int) -> Tensor:
     """k-means centroids (min(clusters, N), D) of the rows of ``features`` (N, D), L2-normalised.
 
-    scikit-learn's KMeans (k-means++, one initialisation, ``seed``); fewer rows than clusters give
-    one centroid per row. Detached; on the features' device.
+    scikit-learn's KMeans (k-means++ with its default single initialisation, ``seed``); fewer rows
+    than clusters give one centroid per row. Detached; on the features' device, in their dtype.
     """
     from sklearn.cluster import KMeans
 
-    x = features.detach().float().cpu().numpy().astype(np.float64)
+    x = features.detach().double().cpu().numpy()
     k = min(clusters, x.shape[0])
     if k == 0:
         return features.new_zeros(0, features.shape[1])
-    centres = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x).cluster_centers_
-    return F.normalize(torch.as_tensor(centres, dtype=torch.float32, device=features.device), dim=1)
+    centres = KMeans(n_clusters=k, random_state=seed).fit(x).cluster_centers_
+    return F.normalize(torch.from_numpy(centres).to(features))
 
 
 class FIFOBank(nn.Module):
@@ -91,8 +90,11 @@ class FIFOBank(nn.Module):
         return stored[torch.randint(stored.shape[0], (k,), device=stored.device)]
 
 
-def cosine(a: Tensor, b: Tensor, dim: int) -> Tensor:
-    return (F.normalize(a, dim=dim) * F.normalize(b, dim=dim)).sum(dim)
+def active_negatives(pool: Tensor, prototype: Tensor, k: int, temperature: float) -> Tensor:
+    """``k`` rows of ``pool`` (N, D) drawn with replacement in proportion to softmax(pool . prototype /
+    temperature): FBR's active sampling of the foreground negatives most like the anchor's class."""
+    weights = torch.softmax(pool @ prototype / temperature, dim=0)
+    return pool[torch.multinomial(weights, k, replacement=True)]
 
 
 class FBR(TrainingPlugin):
@@ -101,7 +103,7 @@ class FBR(TrainingPlugin):
     methods = ("single_stage",)
 
     def __init__(self, cfg: dict, network: nn.Module):
-        super().__init__(cfg, network)
+        super().__init__(cfg)
         deep, dim = network.backbone.deep_channels, self.settings["proj_dim"]
         self.fg_head = nn.Conv2d(deep, dim, 1)
         self.bg_head = nn.Conv2d(deep, dim, 1)
@@ -131,9 +133,9 @@ class FBR(TrainingPlugin):
         out = step.outputs["crop"]
         deep = out["features"]["deep"].float()
         fg, bg = self.fg_head(deep), self.bg_head(deep)  # (B, D, h, w)
-        decorrelate = cosine(fg, bg, dim=1).abs().mean()
+        decorrelate = F.cosine_similarity(fg, bg).abs().mean()  # over the channels
 
-        cls, background, confident = self.roles(out["masks"], step.labels, tuple(deep.shape[-2:]))
+        cls, background, confident = self.roles(out["masks"], step.labels, tuple(deep.shape[2:]))
         public = s["public_code_contrast"]
         fg_rows = fg.permute(0, 2, 3, 1).reshape(-1, fg.shape[1])
         feature_dim = 0 if public else 1  # the public code normalises along the wrong axis
@@ -144,9 +146,10 @@ class FBR(TrainingPlugin):
         protos = {}
         with torch.no_grad():
             for c in cls[confident].unique().tolist():
-                protos[c] = F.normalize(fg_rows[confident & (cls == c)].mean(0), dim=0)
-        anchor_index = torch.nonzero(uncertain & torch.isin(cls, torch.tensor(sorted(protos), dtype=cls.dtype,
-                                                                                 device=cls.device))).flatten()
+                mean = fg_rows[confident & (cls == c)].mean(0)
+                protos[c] = mean / mean.norm().clamp(min=1e-12)
+        # anchors: uncertain pixels of a class that has a prototype (some confident pixel)
+        anchor_index = torch.nonzero(uncertain & torch.isin(cls, cls[confident])).flatten()
         anchors = fg_rows[anchor_index]
         positives = torch.stack([protos[c] for c in cls[anchor_index].tolist()]) if len(anchor_index) else anchors
         t, k = s["temperature"], s["negatives"]
@@ -157,23 +160,20 @@ class FBR(TrainingPlugin):
             nroi = zero_like_graph(fg)
 
         active = zero_like_graph(fg)
-        others_all = confident.clone()
         if len(anchor_index) > 0 and len(protos) > 1:
             losses = []
             for c in cls[anchor_index].unique().tolist():
-                pool = fg_rows[others_all & (cls != c)].detach()
                 with torch.no_grad():
-                    weights = torch.softmax(pool @ protos[c] / t, dim=0)
-                    drawn = pool[torch.multinomial(weights, k, replacement=True)]
+                    drawn = active_negatives(fg_rows[confident & (cls != c)], protos[c], k, t)
                 mine = cls[anchor_index] == c
                 losses.append(info_nce(anchors[mine], positives[mine], drawn, t) * mine.sum())
             active = torch.stack(losses).sum() / len(anchor_index)
 
         with torch.no_grad():  # NROIs of this batch join the bank after it was used
-            bg_rows = F.normalize(bg.permute(0, 2, 3, 1), dim=-1)
+            bg_rows = F.normalize(bg)  # k-means on the directions of the background projections
             bg_mask = background.view(bg.shape[0], -1)
             for i in range(bg.shape[0]):
-                rows = bg_rows[i].reshape(-1, bg.shape[1])[bg_mask[i]]
+                rows = bg_rows[i].flatten(1).t()[bg_mask[i]]  # (background pixels, D)
                 if rows.shape[0] > 0:
                     seed = int(torch.randint(2**31 - 1, ()).item())  # from torch's generator: resumes exactly
                     self.bank.push(nrois(rows, s["clusters"], seed))

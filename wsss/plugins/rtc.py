@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.errors import WsssError
-from wsss.plugins.base import Step, TrainingPlugin, top_fraction_mean, zero_like_graph
+from wsss.plugins.base import Step, TrainingPlugin, top_fraction_mean
 
 
 def max_norm(cam: Tensor, eps: float = 1e-5) -> Tensor:
@@ -45,19 +45,20 @@ def max_norm(cam: Tensor, eps: float = 1e-5) -> Tensor:
 
 
 def rtc_cam(masks: Tensor, labels: Tensor) -> Tensor:
-    """RTC's CAM of a WS-FCN output, (B, C, h, w): [1 - max fg, max-normalised fg masks of present classes]."""
+    """RTC's CAM of WS-FCN masks (or of a compensated CAM), (B, C, h, w) -> same: [1 - max fg,
+    max-normalised foreground channels of the present classes]; ``labels`` (B, C-1) multi-hot."""
     fg = max_norm(masks[:, 1:].float()) * labels.float()[:, :, None, None]
     return torch.cat([1.0 - fg.amax(1, keepdim=True), fg], dim=1)
 
 
 def argmax_keep(cam: Tensor) -> Tensor:
     """Each pixel's winning class keeps its value, every other class 0 (RTC's "max one-hot")."""
-    return cam * F.one_hot(cam.argmax(1), cam.shape[1]).permute(0, 3, 1, 2).to(cam.dtype)
+    return cam * F.one_hot(cam.argmax(1), cam.shape[1]).permute(0, 3, 1, 2)
 
 
 def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
+    """Bilinear resize of (B, C, H, W) to ``size`` with align_corners=True (the public code's; at the
+    same size it returns the values unchanged)."""
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
@@ -69,12 +70,12 @@ def pixel_labels(cam: Tensor, bg: float) -> Tensor:
 
 def prototypes(cam: Tensor, features: Tensor, k: int) -> Tensor:
     """Class prototypes (C, D): for each class, the CAM-weighted mean of ``features`` (B, D, h, w) at the
-    top-``k`` positions of ``cam`` (B, C, h, w) over the whole batch, L2-normalised."""
+    top-``k`` positions of ``cam`` (B, C, h, w) over the whole batch, L2-normalised (so the mean's
+    denominator, a positive factor per class, cancels and is left out)."""
     scores = cam.transpose(0, 1).flatten(1)  # (C, B*h*w)
     flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # (B*h*w, D)
-    values, index = scores.topk(k, dim=1)
-    weighted = (values[:, :, None] * flat[index]).sum(1) / values.sum(1, keepdim=True).clamp(min=1e-12)
-    return F.normalize(weighted, dim=-1)
+    values, index = scores.topk(k)
+    return F.normalize((values[:, :, None] * flat[index]).sum(1))
 
 
 def compensate(cam: Tensor, features: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -82,7 +83,7 @@ def compensate(cam: Tensor, features: Tensor, labels: Tensor, k: int) -> Tensor:
     normalised feature over that class's top-``k`` positions of the batch, carrying their CAM values.
     ``cam`` (B, C, h, w) with background first, ``features`` (B, D, h, w); absent classes are unchanged."""
     b, c, h, w = cam.shape
-    flat = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), dim=-1)
+    flat = F.normalize(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]))  # (B*h*w, D), unit rows
     out = cam.clone()
     present = labels.sum(0) > 0
     for cls in range(1, c):
@@ -100,7 +101,7 @@ class RTC(TrainingPlugin):
     methods = ("single_stage",)
 
     def __init__(self, cfg: dict, network: nn.Module):
-        super().__init__(cfg, network)
+        super().__init__(cfg)
         self.projection = nn.Conv2d(network.backbone.deep_channels, self.settings["proj_dim"], 1)
 
     @classmethod
@@ -127,16 +128,16 @@ class RTC(TrainingPlugin):
         labels = step.labels
         out1, out2 = step.outputs["crop"], step.outputs["rtc_view"]
         cam2 = rtc_cam(out2["masks"], labels)
-        cam1 = rtc_cam(resize(out1["masks"].float(), tuple(cam2.shape[-2:])), labels)
+        cam1 = rtc_cam(resize(out1["masks"].float(), tuple(cam2.shape[2:])), labels)
         equiv = (cam1[:, 1:] - cam2[:, 1:]).abs().mean()
         cross = (top_fraction_mean_per_image(argmax_keep(cam2.detach()) - cam1, s["cross_top"])
                  + top_fraction_mean_per_image(argmax_keep(cam1.detach()) - cam2, s["cross_top"]))
 
         grid = (s["proj_size"],) * 2
-        proj1 = F.normalize(resize(self.projection(out1["features"]["deep"].float()), grid), dim=1)
-        proj2 = F.normalize(resize(self.projection(out2["features"]["deep"].float()), grid), dim=1)
+        proj1 = F.normalize(resize(self.projection(out1["features"]["deep"].float()), grid))  # unit over channels
+        proj2 = F.normalize(resize(self.projection(out2["features"]["deep"].float()), grid))
         small1, small2 = resize(cam1, grid), resize(cam2, grid)
-        k = max(1, grid[0] * grid[1] // 8)
+        k = max(1, s["proj_size"] ** 2 // 8)  # RTC's HW/8 positions (at least one)
         with torch.no_grad():
             proto1 = prototypes(small1, proj2.detach(), k)  # view 1's positions, view 2's features
             proto2 = prototypes(small2, proj1.detach(), k)
@@ -152,19 +153,13 @@ class RTC(TrainingPlugin):
             comp1 = compensate(small1.detach(), proj1.detach(), labels, k)
             comp2 = compensate(small2.detach(), proj2.detach(), labels, k)
         struct = (top_fraction_mean_per_image(
-                      argmax_keep(rtc_renorm(resize(comp1, tuple(cam1.shape[-2:])), labels))[:, 1:]
+                      argmax_keep(rtc_cam(resize(comp1, tuple(cam1.shape[2:])), labels))[:, 1:]
                       - argmax_keep(cam1)[:, 1:], s["struct_top"])
                   + top_fraction_mean_per_image(
-                      argmax_keep(rtc_renorm(resize(comp2, tuple(cam2.shape[-2:])), labels))[:, 1:]
+                      argmax_keep(rtc_cam(resize(comp2, tuple(cam2.shape[2:])), labels))[:, 1:]
                       - argmax_keep(cam2)[:, 1:], s["struct_top"]))
         return {"equiv": (equiv, s["equiv_weight"]), "cross": (cross, s["cross_weight"]),
                 "contrast": (contrast, s["contrast_weight"]), "struct": (struct, s["struct_weight"])}
-
-
-def rtc_renorm(cam: Tensor, labels: Tensor) -> Tensor:
-    """A compensated CAM back to RTC's form: foreground max-normalised again, background 1 - max."""
-    fg = max_norm(cam[:, 1:]) * labels.float()[:, :, None, None]
-    return torch.cat([1.0 - fg.amax(1, keepdim=True), fg], dim=1)
 
 
 def top_fraction_mean_per_image(diff: Tensor, fraction: float) -> Tensor:
@@ -175,7 +170,5 @@ def top_fraction_mean_per_image(diff: Tensor, fraction: float) -> Tensor:
 def prototype_nce(anchors: Tensor, protos: Tensor, target: Tensor, temperature: float) -> Tensor:
     """InfoNCE of every anchor (N, D) against its class prototype ``protos[target]`` (target (N,)
     class indices) among all prototypes (C, D): cross-entropy of the similarities / temperature."""
-    if anchors.shape[0] == 0:
-        return zero_like_graph(anchors)
     logits = anchors @ protos.t() / temperature
     return F.cross_entropy(logits, target)
