@@ -183,15 +183,19 @@ def test_the_rtc_view_is_the_crop_resized_to_a_square(cfg):
 
 
 def test_the_compensator_adds_attention_weighted_top_values_of_present_classes_only():
-    cam = torch.zeros(1, 3, 1, 2)
+    cam = torch.zeros(1, 4, 1, 2)
     cam[0, 0] = torch.tensor([[0.2, 0.4]])
-    cam[0, 1] = torch.tensor([[0.5, 0.5]])
-    cam[0, 2] = torch.tensor([[1.0, 0.0]])
-    present = torch.tensor([[0.0, 1.0]])  # class 2 only: class 1 and the background stay as they are
+    cam[0, 1] = torch.tensor([[0.0, 0.6]])
+    cam[0, 2] = torch.tensor([[0.5, 0.5]])
+    cam[0, 3] = torch.tensor([[1.0, 0.0]])
+    present = torch.tensor([[1.0, 0.0, 1.0]])  # classes 1 and 3; class 2 and the background stay as they are
     features = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]]])  # identical directions: uniform attention
     out = compensate(cam, features, present, k=1)
-    assert out[0, 2].tolist() == [[2.0, 1.0]]  # + the top value 1.0 at every position
-    assert torch.equal(out[0, 1], cam[0, 1]) and torch.equal(out[0, 0], cam[0, 0])
+    assert out[0, 3].tolist() == [[2.0, 1.0]]  # + the top value 1.0 at every position
+    assert out[0, 1].tolist() == [[pytest.approx(0.6), pytest.approx(1.2)]]  # + its top value 0.6
+    assert torch.equal(out[0, 2], cam[0, 2]) and torch.equal(out[0, 0], cam[0, 0])
+    cam = cam[:, [0, 2, 3]]  # classes 2 and 3 of above as classes 1 and 2
+    present = torch.tensor([[0.0, 1.0]])
     # features (3, 1) and (1, 2), both positions as keys: softmax over their cosines
     features = torch.tensor([[[[3.0, 1.0]], [[1.0, 2.0]]]])
     out = compensate(cam, features, present, k=2)
