@@ -13,12 +13,13 @@ from wsss import config
 from wsss.config import ParamsError
 from wsss.engine import checkpoint, trainer
 from wsss.errors import WsssError
+from wsss.model.layers import resize_to
 from wsss.paths import for_config
 from wsss.plugins import PLUGINS, PluginSet, Step, TrainingPlugin, build_plugins, check_plugins
 from wsss.plugins.base import info_nce, top_fraction_mean
 from wsss.plugins.fbr import FBR, FIFOBank, active_negatives, nrois
 from wsss.plugins.rtc import (RTC, argmax_keep, compensate, max_norm, pixel_labels, prototype_nce, prototypes,
-                              resize, rtc_cam, top_fraction_mean_per_image)
+                              rtc_cam, top_fraction_mean_per_image)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,17 +129,17 @@ def test_rtc_terms_are_their_pieces_put_together(cfg, grid):
     terms = rtc.losses(Step(0, False, torch.zeros(1), torch.zeros(1), labels, {"crop": out1, "rtc_view": out2}))
 
     cam2 = rtc_cam(out2["masks"], labels)
-    cam1 = rtc_cam(resize(out1["masks"], (8, 8)), labels)
+    cam1 = rtc_cam(resize_to(out1["masks"], (8, 8)), labels)
     assert terms["equiv"][0].item() == pytest.approx((cam1[:, 1:] - cam2[:, 1:]).abs().mean().item(), rel=1e-6)
     cross = (top_fraction_mean_per_image(argmax_keep(cam2) - cam1, 0.3)
              + top_fraction_mean_per_image(argmax_keep(cam1) - cam2, 0.3))
     assert terms["cross"][0].item() == pytest.approx(cross.item(), rel=1e-6)
 
     def project(out):
-        return torch.nn.functional.normalize(resize(rtc.projection(out["features"]["deep"]), (grid, grid)), dim=1)
+        return torch.nn.functional.normalize(resize_to(rtc.projection(out["features"]["deep"]), (grid, grid)), dim=1)
 
     p1, p2 = project(out1), project(out2)
-    s1, s2 = resize(cam1, (grid, grid)), resize(cam2, (grid, grid))
+    s1, s2 = resize_to(cam1, (grid, grid)), resize_to(cam2, (grid, grid))
     k = {2: 1, 5: 3}[grid]  # the top HW/8 positions, at least one
     proto1, proto2 = prototypes(s1, p2, k), prototypes(s2, p1, k)
     a1, a2 = p1.permute(0, 2, 3, 1).reshape(-1, 4), p2.permute(0, 2, 3, 1).reshape(-1, 4)
@@ -148,7 +149,7 @@ def test_rtc_terms_are_their_pieces_put_together(cfg, grid):
                                                           (a1, proto1, l2, a2, proto2, l1),
                                                           (a1, proto2, l1, a2, proto1, l2)])
     assert terms["contrast"][0].item() == pytest.approx(contrast.item(), rel=1e-5)
-    struct = sum(top_fraction_mean_per_image(argmax_keep(rtc_cam(resize(compensate(s, p, labels, k), (8, 8)), labels))[:, 1:]
+    struct = sum(top_fraction_mean_per_image(argmax_keep(rtc_cam(resize_to(compensate(s, p, labels, k), (8, 8)), labels))[:, 1:]
                                              - argmax_keep(c)[:, 1:], 0.7)
                  for s, p, c in [(s1, p1, cam1), (s2, p2, cam2)])
     assert terms["struct"][0].item() == pytest.approx(struct.item(), rel=1e-5)
@@ -177,7 +178,7 @@ def test_the_rtc_view_is_the_crop_resized_to_a_square(cfg):
     assert list(views) == ["rtc_view"]
     view, view_raw = views["rtc_view"]
     assert view.shape == view_raw.shape == (2, 3, 20, 20)
-    assert torch.equal(view, resize(images, (20, 20))) and torch.equal(view_raw, resize(raw, (20, 20)))
+    assert torch.equal(view, resize_to(images, (20, 20))) and torch.equal(view_raw, resize_to(raw, (20, 20)))
     assert rtc.projection.in_channels == 3 and rtc.projection.out_channels == cfg["plugins"]["rtc"]["proj_dim"]
     assert rtc.projection.kernel_size == (1, 1)
 
@@ -207,8 +208,8 @@ def test_the_compensator_adds_attention_weighted_top_values_of_present_classes_o
 
 def test_resize_is_bilinear_with_aligned_corners():
     x = torch.tensor([[[[0.0, 1.0]]]])
-    assert resize(x, (1, 4)).flatten().tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
-    assert torch.equal(resize(x, (1, 2)), x)
+    assert resize_to(x, (1, 4)).flatten().tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert torch.equal(resize_to(x, (1, 2)), x)
 
 
 def test_the_fifo_bank_keeps_order_and_wraps_around():

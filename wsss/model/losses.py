@@ -167,22 +167,23 @@ class SingleStageLoss:
         return upsample(refined, tuple(raw.shape[-2:]))
 
     @torch.no_grad()
+    def refined_and_pseudo(self, out: dict, raw: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The PAMR-refined masks (B, C, H, W) and the pseudo labels (B, H, W) at crop size for a network output."""
+        refined = self.refine(_require(out, "masks", "network output"), raw)
+        return refined, pseudo_labels(refined, labels, self.kappa_bg, self.kappa_fg, self.floor, self.ignore_index)
+
     def make_pseudo(self, out: dict, raw: Tensor, labels: Tensor) -> Tensor:
         """Pseudo labels (B, H, W) at crop size for a network output."""
-        refined = self.refine(_require(out, "masks", "network output"), raw)
-        return pseudo_labels(refined, labels, self.kappa_bg, self.kappa_fg, self.floor, self.ignore_index)
+        return self.refined_and_pseudo(out, raw, labels)[1]
 
     def __call__(self, out: dict, raw: Tensor, labels: Tensor, seg_on: bool, adjust=None) -> dict:
         cls = classification_loss(_check_labels(out, labels), labels)
         if not seg_on:
             result = _result(cls, cls, cls.new_zeros(()))
             return result if adjust is None else {**result, "pseudo": None, "refined": None}
-        if adjust is None:
-            pseudo = self.make_pseudo(out, raw, labels)
-        else:
-            refined = self.refine(_require(out, "masks", "network output"), raw)
-            pseudo = adjust(pseudo_labels(refined, labels, self.kappa_bg, self.kappa_fg, self.floor, self.ignore_index),
-                            refined, labels)
+        refined, pseudo = self.refined_and_pseudo(out, raw, labels)
+        if adjust is not None:
+            pseudo = adjust(pseudo, refined, labels)
         logits_up = upsample(_require(out, "logits", "network output").float(), tuple(raw.shape[-2:]))
         seg, valid = balanced_seg_loss(logits_up, pseudo, labels, self.ignore_index, self.reduction)
         ignored = (pseudo == self.ignore_index).float().mean()

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.errors import WsssError
+from wsss.model.layers import resize_to
 from wsss.plugins.base import Step, TrainingPlugin, info_nce, zero_like_graph
-from wsss.plugins.rtc import resize, rtc_cam
+from wsss.plugins.rtc import rtc_cam
 
 
 def nrois(features: Tensor, clusters: int, seed: int) -> Tensor:
@@ -122,7 +123,7 @@ class FBR(TrainingPlugin):
     def roles(self, masks: Tensor, labels: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
         """Per pixel at ``size``: (class (B, h, w) 1..C-1 of the arg-max foreground, background mask,
         confident-foreground mask); uncertain foreground is neither."""
-        cam = rtc_cam(resize(masks.detach().float(), size), labels)
+        cam = rtc_cam(resize_to(masks.detach().float(), size), labels)
         score, cls = cam[:, 1:].max(1)
         background = score < self.settings["bg_below"]
         confident = score >= self.settings["fg_above"]

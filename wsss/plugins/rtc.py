@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.errors import WsssError
+from wsss.model.layers import resize_to
 from wsss.plugins.base import Step, TrainingPlugin, top_fraction_mean
 
 
@@ -54,12 +55,6 @@ def rtc_cam(masks: Tensor, labels: Tensor) -> Tensor:
 def argmax_keep(cam: Tensor) -> Tensor:
     """Each pixel's winning class keeps its value, every other class 0 (RTC's "max one-hot")."""
     return cam * F.one_hot(cam.argmax(1), cam.shape[1]).permute(0, 3, 1, 2)
-
-
-def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of (B, C, H, W) to ``size`` with align_corners=True (the public code's; at the
-    same size it returns the values unchanged)."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 def pixel_labels(cam: Tensor, bg: float) -> Tensor:
@@ -113,7 +108,7 @@ class RTC(TrainingPlugin):
 
     def extra_views(self, images: Tensor, raw: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         size = (self.settings["view_size"],) * 2
-        return {"rtc_view": (resize(images, size), resize(raw, size))}
+        return {"rtc_view": (resize_to(images, size), resize_to(raw, size))}
 
     def adjust_pseudo(self, pseudo: Tensor, refined: Tensor, labels: Tensor) -> Tensor:
         """Labels of [threshold, max-normalised refined foreground masks] at both thresholds; disagreement -> ignore."""
@@ -128,15 +123,15 @@ class RTC(TrainingPlugin):
         labels = step.labels
         out1, out2 = step.outputs["crop"], step.outputs["rtc_view"]
         cam2 = rtc_cam(out2["masks"], labels)
-        cam1 = rtc_cam(resize(out1["masks"].float(), tuple(cam2.shape[2:])), labels)
+        cam1 = rtc_cam(resize_to(out1["masks"].float(), tuple(cam2.shape[2:])), labels)
         equiv = (cam1[:, 1:] - cam2[:, 1:]).abs().mean()
         cross = (top_fraction_mean_per_image(argmax_keep(cam2.detach()) - cam1, s["cross_top"])
                  + top_fraction_mean_per_image(argmax_keep(cam1.detach()) - cam2, s["cross_top"]))
 
         grid = (s["proj_size"],) * 2
-        proj1 = F.normalize(resize(self.projection(out1["features"]["deep"].float()), grid))  # unit over channels
-        proj2 = F.normalize(resize(self.projection(out2["features"]["deep"].float()), grid))
-        small1, small2 = resize(cam1, grid), resize(cam2, grid)
+        proj1 = F.normalize(resize_to(self.projection(out1["features"]["deep"].float()), grid))  # unit over channels
+        proj2 = F.normalize(resize_to(self.projection(out2["features"]["deep"].float()), grid))
+        small1, small2 = resize_to(cam1, grid), resize_to(cam2, grid)
         k = max(1, s["proj_size"] ** 2 // 8)  # RTC's HW/8 positions (at least one)
         with torch.no_grad():
             proto1 = prototypes(small1, proj2.detach(), k)  # view 1's positions, view 2's features
@@ -153,10 +148,10 @@ class RTC(TrainingPlugin):
             comp1 = compensate(small1.detach(), proj1.detach(), labels, k)
             comp2 = compensate(small2.detach(), proj2.detach(), labels, k)
         struct = (top_fraction_mean_per_image(
-                      argmax_keep(rtc_cam(resize(comp1, tuple(cam1.shape[2:])), labels))[:, 1:]
+                      argmax_keep(rtc_cam(resize_to(comp1, tuple(cam1.shape[2:])), labels))[:, 1:]
                       - argmax_keep(cam1)[:, 1:], s["struct_top"])
                   + top_fraction_mean_per_image(
-                      argmax_keep(rtc_cam(resize(comp2, tuple(cam2.shape[2:])), labels))[:, 1:]
+                      argmax_keep(rtc_cam(resize_to(comp2, tuple(cam2.shape[2:])), labels))[:, 1:]
                       - argmax_keep(cam2)[:, 1:], s["struct_top"]))
         return {"equiv": (equiv, s["equiv_weight"]), "cross": (cross, s["cross_weight"]),
                 "contrast": (contrast, s["contrast_weight"]), "struct": (struct, s["struct_weight"])}
