@@ -15,7 +15,7 @@ import yaml
 from test_engines import BIN, REPO, make_copy, sh
 from test_training import wsss
 from wsss.benchmark import design as bench_design
-from wsss.benchmark import probes, report
+from wsss.benchmark import paired, probes, report
 from wsss.benchmark.report import checks, summarise
 from wsss.errors import WsssError
 
@@ -30,8 +30,10 @@ TINY = {
 
 def write_design(path: Path, **changes) -> Path:
     raw = yaml.safe_load((REPO / "workflow" / "benchmark.yaml").read_text())
-    if "variants" in changes and "probes" not in changes:
-        del raw["probes"]  # they name the committed variants
+    if "variants" in changes:  # the probes and the paired variants name the committed variants
+        for key in ("probes", "paired"):
+            if key not in changes:
+                del raw[key]
     raw.update(changes)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -74,10 +76,90 @@ def test_the_committed_design_resolves_for_every_run():
     ({"probes": {"variants": ["nope"], "inference": {"p": {}}}}, r"'probes.variants': 'nope' is not a variant"),
     ({"probes": {"variants": ["wsfcn"], "inference": {"ss": {}}}}, "probe 'ss' is already an inference mode"),
     ({"probes": {"variants": ["wsfcn"], "inference": {"p": {"params": {"infer.scalez": [1.0]}}}}}, r"probe 'p'.*infer\.scalez"),
+    ({"seeds": [0, True]}, "key 'seeds'"),
+    ({"paired": ["nope"]}, r"key 'paired': 'nope' is not a variant"),
+    ({"paired": "rtc"}, r"key 'paired': expected a list"),
+    ({"paired": ["wsfcn"]}, r"key 'paired': 'wsfcn' is the reference"),
 ])
 def test_a_bad_design_is_refused_naming_the_key(tmp_path, change, message):
     with pytest.raises(WsssError, match=message):
         bench_design.load(write_design(tmp_path / "design.yaml", **change), PARAMS)
+
+
+def test_a_variant_runs_with_its_own_seeds_and_pairs_on_the_shared_ones(tmp_path):
+    raw = yaml.safe_load((REPO / "workflow" / "benchmark.yaml").read_text())
+    raw["variants"]["rtc"]["seeds"] = [1, 3, 4]
+    raw["variants"]["wsfcn"]["seeds"] = [0, 1, 3]
+    design = bench_design.load(write_design(tmp_path / "d.yaml", **raw), PARAMS)
+    assert design.paired_seeds("rtc") == [1, 3]
+    assert [s for v, s in design.runs() if v == "rtc"] == [1, 3, 4]
+    assert design.runs(["wsfcn", "cam"]) == [("wsfcn", 0), ("wsfcn", 1), ("wsfcn", 3), ("cam", 0), ("cam", 1), ("cam", 2)]
+    raw["variants"]["rtc"]["seeds"] = [0, 7]
+    with pytest.raises(WsssError, match=r"variants\.rtc\.seeds.*\[7\] not among"):
+        bench_design.load(write_design(tmp_path / "d.yaml", **raw), PARAMS)
+    raw["variants"]["rtc"]["seeds"] = [0, 2]
+    with pytest.raises(WsssError, match=r"'rtc' shares 1 seed\(s\) with the reference 'wsfcn'"):
+        bench_design.load(write_design(tmp_path / "d.yaml", **raw), PARAMS)
+
+
+def test_the_committed_design_pairs_each_plugin_with_ws_fcn_over_five_seeds():
+    design = bench_design.load(REPO / "workflow" / "benchmark.yaml", PARAMS)
+    assert design.reference == "wsfcn" and design.paired == ["rtc", "fbr"]
+    for name in design.paired:
+        assert len(design.paired_seeds(name)) >= 5
+    rtc, fbr = design.config(PARAMS, "rtc", "ms", 3), design.config(PARAMS, "fbr", "ms", 3)
+    assert rtc["plugins"]["rtc"]["enabled"] and not rtc["plugins"]["fbr"]["enabled"]
+    assert fbr["plugins"]["fbr"]["enabled"] and not fbr["plugins"]["rtc"]["enabled"]
+    assert rtc["model"]["weights"] == fbr["model"]["weights"] == design.backbone_checkpoint(3), "same shared backbone"
+    ref = design.config(PARAMS, "wsfcn", "ms", 3)
+    for section in ("model", "train", "infer", "crf", "data"):
+        assert ref[section] == fbr[section], f"FBR differs from WS-FCN in {section}"
+
+
+def test_paired_differences_pair_runs_by_seed_with_a_t_interval():
+    mean, low, high = paired.interval([0.02, 0.03, 0.04])
+    half = 4.302653 * 0.01 / 3 ** 0.5  # t(0.975, 2) x sample std / sqrt(n) = 0.0248
+    assert (mean, low, high) == pytest.approx((0.03, 0.03 - half, 0.03 + half), abs=1e-6)
+    assert paired.verdict(low, high) == "better" and paired.verdict(-0.01, 0.02) == "no detectable difference"
+    assert paired.verdict(-0.03, -0.01) == "worse" and paired.verdict(*paired.interval([0.5])[1:]) == "one seed"
+    design = bench_design.load(REPO / "workflow" / "benchmark.yaml")
+    # the reference's seeds 0-4 rise with the seed; RTC is 0.1 above it on every seed but seed 2 (0.1 below):
+    # a seed-by-seed pairing sees that, a comparison of the means over different seed orders would not
+    ref = {s: 0.3 + 0.05 * s for s in range(5)}
+    rows = [{"variant": "wsfcn", "seed": s, "mode": "ms", "crf": True, "miou": x} for s, x in ref.items()]
+    rows += [{"variant": "rtc", "seed": s, "mode": "ms", "crf": True, "miou": x + (-0.1 if s == 2 else 0.1)}
+             for s, x in ref.items()]
+    rows += [{"variant": "fbr", "seed": s, "mode": "ms", "crf": True, "miou": ref[s]} for s in (4, 3, 2, 1, 0)]
+    out = paired.differences(design, pd.DataFrame(rows), "miou", ["mode", "crf"]).set_index("variant")
+    assert out.loc["rtc", "per_seed"] == "+0.100 +0.100 -0.100 +0.100 +0.100"
+    assert out.loc["rtc", "mean"] == pytest.approx(0.06) and out.loc["rtc", "seeds"] == 5
+    assert out.loc["rtc", "low"] < 0 < out.loc["rtc", "high"]
+    assert out.loc["fbr", "mean"] == pytest.approx(0.0, abs=1e-12) and out.loc["fbr", "verdict"] == "no detectable difference"
+
+
+def test_paired_costs_come_from_the_train_curve_and_the_snakemake_benchmark_file(tmp_path):
+    design = bench_design.load(REPO / "workflow" / "benchmark.yaml")
+    cfg = bench_design.params.load(PARAMS, ["train.batch_size=16"])
+    for variant, seed in design.runs(["wsfcn", "rtc", "fbr"]):
+        run = tmp_path / variant / f"s{seed}"
+        (run / "toy").mkdir(parents=True)
+        (run / "benchmarks").mkdir()
+        speed = {"wsfcn": 32.0, "rtc": 16.0, "fbr": 20.0}[variant]  # images per second
+        rss = {"wsfcn": 1000.0, "rtc": 1500.0, "fbr": 1100.0 + seed}[variant]
+        (run / "toy" / "train_log.tsv").write_text(
+            "stage\tepoch\tstep\timg_per_s\npretrain\t1\t10\t1.0\n"  # the pretrain rows are not the step time
+            + "".join(f"train\t2\t{10 * i}\t{speed if i != 3 else 1.0}\n" for i in range(1, 6)))  # one slow row
+        (run / "benchmarks" / "train.tsv").write_text(f"s\th:m:s\tmax_rss\n100.0\t0:01:40\t{rss}\n")
+    cost = paired.costs(design, cfg, tmp_path)
+    assert len(cost) == 15
+    ratios = paired.cost_ratios(design, cost).set_index("variant")
+    assert ratios.loc["rtc", "step_s_ratio"] == pytest.approx(2.0) and ratios.loc["fbr", "step_s_ratio"] == pytest.approx(1.6)
+    assert ratios.loc["rtc", "step_s_ref"] == pytest.approx(0.5), "median: the one slow row does not count"
+    assert ratios.loc["rtc", "max_rss_mb_ratio"] == pytest.approx(1.5)
+    assert (ratios.loc["fbr", "max_rss_mb_ratio_min"], ratios.loc["fbr", "max_rss_mb_ratio_max"]) == pytest.approx((1.1, 1.104))
+    (tmp_path / "fbr" / "s3" / "benchmarks" / "train.tsv").unlink()
+    with pytest.raises(WsssError, match=r"fbr/s3/benchmarks/train\.tsv"):
+        paired.costs(design, cfg, tmp_path)
 
 
 def test_an_unknown_parameter_in_a_variant_names_the_variant_and_key(tmp_path):
@@ -118,7 +200,7 @@ def test_the_report_checks_find_a_broken_ordering():
     design = bench_design.load(REPO / "workflow" / "benchmark.yaml")
     good = {(v, m, c): base + (0.05 if m == "ms" else 0) + (0.1 if c else 0)
             for v, base in {"cam": 0.3, "ssss": 0.4, "fca_nosrm": 0.4, "fca": 0.42, "sf2": 0.42, "wsfcn": 0.45,
-                            "supervised": 0.6}.items() for m in ("ss", "ms") for c in (False, True)}
+                            "rtc": 0.46, "fbr": 0.44, "supervised": 0.6}.items() for m in ("ss", "ms") for c in (False, True)}
     found = checks(design, _summary(good))
     assert all(ok for _, ok, _ in found), found
     assert "0.605 / 0.755" in found[-1][2]  # WS-FCN ms + CRF over the upper bound's (means of 2 seeds)
@@ -158,15 +240,19 @@ def test_infer_names_a_missing_checkpoint(toy_root, tmp_path):
 
 
 # ---------------------------------------------------------------- reduced end-to-end run
-# The committed design with two seeds, four of its variants and a tiny dataset and schedule.
+# The committed design with two seeds, five of its variants (CAM and the upper bound on one) and a tiny dataset
+# and schedule.
 
 @pytest.mark.slow
 def test_reduced_benchmark_runs_end_to_end(tmp_path):
     repo = make_copy(tmp_path / "repo", reduced=False)
     raw = yaml.safe_load((repo / "workflow" / "benchmark.yaml").read_text())
     raw["seeds"], raw["qualitative"] = [0, 1], 2
-    raw["variants"] = {k: v for k, v in raw["variants"].items() if k in ("cam", "ssss", "wsfcn", "supervised")}
-    raw["params"] = dict(TINY)
+    raw["variants"] = {k: v for k, v in raw["variants"].items() if k in ("cam", "wsfcn", "rtc", "fbr", "supervised")}
+    for spec in raw["variants"].values():
+        spec.pop("seeds", None)
+    raw["variants"]["cam"]["seeds"] = raw["variants"]["supervised"]["seeds"] = [0]
+    raw["params"] = {**TINY, "train.log_every": 1}  # 4 steps an epoch: a curve row for each
     raw["inference"]["ms"]["params"] = {"infer.scales": [1.0, 0.5]}
     raw["probes"] = {"variants": ["wsfcn"], "inference": {k: raw["probes"]["inference"][k] for k in ("x2", "ss_ownbg")}}
     (repo / "workflow" / "benchmark.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -174,10 +260,12 @@ def test_reduced_benchmark_runs_end_to_end(tmp_path):
 
     out = repo / "results" / "benchmark"
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == 4 * 2 * 2 * 2  # variants x seeds x modes x (raw, CRF)
+    assert len(runs) == (2 * 1 + 3 * 2) * 2 * 2  # (CAM and the upper bound, 1 seed; 3 variants, 2 seeds) x modes x (raw, CRF)
     assert runs["miou"].between(0, 1).all() and (runs["images"] == 6).all()
     summary = pd.read_csv(out / "summary.csv")
-    assert len(summary) == 4 * 2 * 2 and (summary["seeds"] == 2).all()
+    one = summary["variant"].isin(["cam", "supervised"])
+    assert len(summary) == 5 * 2 * 2 and (summary[~one]["seeds"] == 2).all() and (summary[one]["seeds"] == 1).all()
+    assert not (out / "runs" / "cam" / "s1").exists() and not (out / "runs" / "supervised" / "s1").exists()
     ws = runs[(runs["variant"] == "wsfcn") & (runs["mode"] == "ms") & runs["crf"]]
     metrics = json.loads((out / "runs" / "wsfcn" / "s1" / "ms" / "metrics" / "toy_val.json").read_text())
     assert ws[ws["seed"] == 1]["miou"].iloc[0] == pytest.approx(metrics["miou_crf"], abs=1e-6)
@@ -186,15 +274,28 @@ def test_reduced_benchmark_runs_end_to_end(tmp_path):
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), "seeds give different runs"
     for seed in (0, 1):
         backbone = out / "runs" / "backbone" / f"s{seed}" / "toy" / "pretrain.pt"
-        pre = torch.load(out / "runs" / "ssss" / f"s{seed}" / "toy" / "pretrain.pt", map_location="cpu", weights_only=False)
+        pre = torch.load(out / "runs" / "fbr" / f"s{seed}" / "toy" / "pretrain.pt", map_location="cpu", weights_only=False)
         assert backbone.is_file() and pre["signature"]["model"]["weights"] == str(backbone.relative_to(repo))
     report = (out / "report.md").read_text()
-    for label in ("CAM", "SSSS (ASPP + GCI)", "WS-FCN", "fully supervised", "data.toy.part_contrast"):
-        assert label in report
+    for label in ("CAM", "WS-FCN", "fully supervised", "data.toy.part_contrast",
+                  "## Plug-ins against WS-FCN, paired by seed", "| WS-FCN + RTC | 2 |", "| WS-FCN + FBR | 2 |"):
+        assert label in report, label
+    # the paired rows: per-seed differences of the runs' own scores, and the cost from the train jobs' records
+    pairs = pd.read_csv(out / "paired.csv")
+    row = pairs[(pairs["measure"] == "miou") & (pairs["variant"] == "rtc") & (pairs["mode"] == "ss") & ~pairs["crf"]].iloc[0]
+    mine = runs[(runs["variant"] == "rtc") & (runs["mode"] == "ss") & ~runs["crf"]].set_index("seed")["miou"]
+    ref = runs[(runs["variant"] == "wsfcn") & (runs["mode"] == "ss") & ~runs["crf"]].set_index("seed")["miou"]
+    assert row["mean"] == pytest.approx(float((mine - ref).mean()), abs=1e-5) and row["low"] <= row["mean"] <= row["high"]
+    assert set(pairs["measure"]) == {"miou", "background_iou", "fg_precision", "fg_recall"}
+    cost = pd.read_csv(out / "costs.csv")
+    assert len(cost) == 3 * 2 and (cost["step_s"] > 0).all() and (cost["max_rss_mb"] > 100).all()
+    curve = pd.read_csv(out / "runs" / "rtc" / "s0" / "toy" / "train_log.tsv", sep="\t")
+    assert "rtc.contrast" in curve.columns and (curve["rtc.contrast"] > 0).all(), "the RTC run trained with RTC"
+    assert "fbr.nroi" in pd.read_csv(out / "runs" / "fbr" / "s1" / "toy" / "train_log.tsv", sep="\t").columns
     claims = report.split("| claim | holds | numbers |")[1].split("## Figures")[0]
     assert claims.count("| yes |") + claims.count("| **no** |") == 4 + 2 + 2 + 1
     assert "| 147.34 |" in report, "WS-FCN's VOC-size parameter count (Table I)"
-    for name in ("miou.png", "per_class.png", "examples.png"):
+    for name in ("miou.png", "per_class.png", "examples.png", "paired.png"):
         assert (out / name).stat().st_size > 5000
     # the main DAG's outputs are untouched, and a second call has nothing to do
     assert not (repo / "results" / "toy").exists()
@@ -216,6 +317,6 @@ def test_reduced_benchmark_runs_end_to_end(tmp_path):
     text = (out / "probes.md").read_text()
     assert "scale 2.0" in text and "single scale, own background" in text and "infer.bg_power=1.0" in text
     assert (out / "probes.png").stat().st_size > 5000
-    assert not (out / "runs" / "ssss" / "s0" / "x2").exists(), "probes run on probes.variants only"
+    assert not (out / "runs" / "fbr" / "s0" / "x2").exists(), "probes run on probes.variants only"
     dry = sh([str(BIN / "snakemake"), "-n", "--cores", "2", "results/benchmark/report.md"], repo).stdout
     assert "Nothing to be done" in dry

@@ -6,9 +6,11 @@
 # every inference mode, refined by the CRF and evaluated; `wsss benchmark-report` then writes the
 # table, figures and example page. Runs live under results/benchmark/runs/<variant>/s<seed>/ and use
 # the same stage CLIs as the main DAG, with --results pointing there. Each job takes one core, so
-# `--cores N` trains N runs at once. The runs read params.yaml and the design file only: --configfile
-# overlays do not reach them. With a `backbone` entry in the design, each seed's shared backbone is
-# trained first (results/benchmark/runs/backbone/s<seed>/) and every run of that seed starts from it.
+# `--cores N` trains N runs at once. A variant runs with its own `seeds` where the design gives them;
+# the report reads each train job's curve and Snakemake benchmark file for the paired rows' cost.
+# The runs read params.yaml and the design file only: --configfile overlays do not reach them. With a
+# `backbone` entry in the design, each seed's shared backbone is trained first
+# (results/benchmark/runs/backbone/s<seed>/) and every run of that seed starts from it.
 # The design's probes (more inference modes on some variants' trained models) run only for
 #
 #     snakemake --cores 2 results/benchmark/probes.md
@@ -59,6 +61,11 @@ def bench_cmd(stage, *extra, with_mode=False):
 
 def bench_model_name(variant):
     return "supervise" if BENCH.variants[variant].trainer == "supervise" else "train"
+
+
+def bench_outputs(pattern, modes, variants=None):
+    """`pattern` (under a run's folder, with {mode}) for every trained run of the design and every mode."""
+    return [BENCH_RUN.format(variant=v, seed=s) + pattern.format(mode=m) for v, s in BENCH.runs(variants) for m in modes]
 
 
 def bench_model(wc):
@@ -219,9 +226,10 @@ rule bench_evaluate:
 rule bench_report:
     input:
         design=BENCH_DESIGN,
-        metrics=expand(BENCH_RUN + "/{mode}/metrics/toy_val.json", variant=BENCH.variants, seed=BENCH.seeds, mode=BENCH.modes),
-        tables=expand(BENCH_RUN + "/{mode}/toy_val_miou.csv", variant=BENCH.variants, seed=BENCH.seeds, mode=BENCH.modes),
-        code=["wsss/benchmark/design.py", "wsss/benchmark/report.py"],
+        metrics=bench_outputs("/{mode}/metrics/toy_val.json", BENCH.modes),
+        tables=bench_outputs("/{mode}/toy_val_miou.csv", BENCH.modes),
+        models=[BENCH_RUN.format(variant=v, seed=s) + f"/toy/{bench_model_name(v)}.pt" for v, s in BENCH.runs()],
+        code=["wsss/benchmark/design.py", "wsss/benchmark/report.py", "wsss/benchmark/paired.py"],
     output:
         report=BENCH_OUT + "/report.md",
         summary=BENCH_OUT + "/summary.csv",
@@ -238,8 +246,7 @@ rule bench_report:
 rule bench_probes:
     input:
         design=BENCH_DESIGN,
-        metrics=expand(BENCH_RUN + "/{mode}/metrics/toy_val.json", variant=BENCH.probe_variants, seed=BENCH.seeds,
-                       mode=BENCH.all_modes),
+        metrics=bench_outputs("/{mode}/metrics/toy_val.json", BENCH.all_modes, BENCH.probe_variants),
         code=["wsss/benchmark/design.py", "wsss/benchmark/report.py", "wsss/benchmark/probes.py"],
     output:
         report=BENCH_OUT + "/probes.md",

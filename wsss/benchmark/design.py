@@ -11,6 +11,12 @@ with the shared ``params`` and then ``backbone.params``), the stand-in for the I
 paper's setting; every run of that seed starts from it (``model.pretrained=true``,
 ``model.weights=<its checkpoint>``), so the configurations differ in their heads only.
 
+A variant with its own ``seeds`` (a subset of the design's) runs with those only: the paper's ladder
+can take fewer seeds than the comparisons that need more. A ``paired`` entry names variants that the
+report compares with ``reference`` seed by seed (the per-seed difference of mIoU, its mean and 95 %
+interval over the seeds both have, and the training cost as a ratio to the reference's): the training
+plug-ins, which differ from the reference in their additions only.
+
 A ``probes`` entry names more inference modes (``probes.inference``, written like ``inference``) that
 are run, on request only, on the trained models of some variants (``probes.variants``): diagnostics
 such as one scale at a time, which the main report does not wait for.
@@ -26,7 +32,10 @@ from wsss import config as params
 from wsss.errors import WsssError
 
 TRAINERS = ("weak", "supervise")
-KEYS = {"seeds", "params", "backbone", "variants", "inference", "probes", "reference", "upper_bound", "qualitative"}
+KEYS = {"seeds", "params", "backbone", "variants", "inference", "probes", "reference", "upper_bound", "qualitative",
+        "paired"}
+VARIANT_KEYS = ("label", "params", "train", "seeds")
+MIN_PAIRED_SEEDS = 2  # a per-seed difference needs two seeds for an interval
 RUNS = "results/benchmark/runs"                     # one folder per run: <variant>/s<seed>
 BACKBONE_NAME = "backbone"                          # the shared backbone's folder: not a variant name
 BACKBONE_RUN = f"{RUNS}/{BACKBONE_NAME}/s{{seed}}"  # the shared backbone of one seed
@@ -38,6 +47,7 @@ class Variant:
     label: str
     params: dict
     trainer: str  # weak (pretrain + train) | supervise
+    seeds: list[int]  # the seeds it runs with (the design's, or its own subset)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,15 @@ class Design:
     backbone: dict | None = None  # params of the shared per-seed backbone run; None: every run starts from scratch
     probes: dict[str, Mode] = field(default_factory=dict)  # inference modes run on request only (diagnostics)
     probe_variants: list[str] = field(default_factory=list)  # the variants the probes run on
+    paired: list[str] = field(default_factory=list)  # the variants compared with the reference seed by seed
+
+    def runs(self, variants: list[str] | None = None) -> list[tuple[str, int]]:
+        """(variant, seed) of every trained run, in design order (of ``variants`` only, if given)."""
+        return [(v, seed) for v in (variants or list(self.variants)) for seed in self.variants[v].seeds]
+
+    def paired_seeds(self, variant: str) -> list[int]:
+        """The seeds that ``variant`` and the reference both run with."""
+        return [s for s in self.variants[variant].seeds if s in self.variants[self.reference].seeds]
 
     @property
     def all_modes(self) -> list[str]:
@@ -127,11 +146,28 @@ def _entries(node, where: str) -> dict[str, dict]:
         entry = entry or {}
         if not isinstance(entry, dict):
             raise WsssError(f"{where}.{name}: expected a mapping (label, params)")
-        unknown = set(entry) - {"label", "params", "train"}
+        unknown = set(entry) - set(VARIANT_KEYS)
         if unknown:
-            raise WsssError(f"{where}.{name}: unknown key '{sorted(unknown)[0]}' (allowed: label, params, train)")
+            raise WsssError(f"{where}.{name}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(VARIANT_KEYS)})")
         out[str(name)] = entry
     return out
+
+
+def _seeds(node, where: str) -> list[int]:
+    if not isinstance(node, list) or not node or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                         for s in node) or len(set(node)) != len(node):
+        raise WsssError(f"{where} must be a list of distinct non-negative integers, got {node!r}")
+    return node
+
+
+def _paired(raw, path: Path, variants: dict) -> list[str]:
+    names = raw.get("paired", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise WsssError(f"{path}: key 'paired': expected a list of variant names, got {names!r}")
+    for name in names:
+        if name not in variants:
+            raise WsssError(f"{path}: key 'paired': {name!r} is not a variant ({', '.join(variants)})")
+    return names
 
 
 def _modes(node, where: str) -> dict[str, Mode]:
@@ -165,16 +201,18 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
     unknown = set(raw) - KEYS
     if unknown:
         raise WsssError(f"{path}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(KEYS))})")
-    seeds = raw.get("seeds")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds) \
-            or len(set(seeds)) != len(seeds):
-        raise WsssError(f"{path}: key 'seeds' must be a list of distinct non-negative integers, got {seeds!r}")
+    seeds = _seeds(raw.get("seeds"), f"{path}: key 'seeds'")
     variants = {}
     for name, entry in _entries(raw.get("variants"), f"{path}: variants").items():
         trainer = entry.get("train", "weak")
         if trainer not in TRAINERS:
             raise WsssError(f"{path}: key 'variants.{name}.train': {trainer!r} is not allowed (allowed: {', '.join(TRAINERS)})")
-        variants[name] = Variant(name, str(entry.get("label", name)), _mapping(entry.get("params"), f"{path}: variants.{name}.params"), trainer)
+        own = _seeds(entry["seeds"], f"{path}: key 'variants.{name}.seeds'") if "seeds" in entry else seeds
+        if set(own) - set(seeds):
+            raise WsssError(f"{path}: key 'variants.{name}.seeds': {sorted(set(own) - set(seeds))} not among the "
+                            f"design's seeds {seeds}")
+        variants[name] = Variant(name, str(entry.get("label", name)),
+                                 _mapping(entry.get("params"), f"{path}: variants.{name}.params"), trainer, own)
     modes = _modes(raw.get("inference"), f"{path}: inference")
     probes, probe_variants = _probes(raw, path, variants, modes)
     for name in list(variants) + list(modes) + list(probes):
@@ -187,7 +225,7 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
         backbone = _mapping(raw["backbone"].get("params"), f"{path}: backbone.params")
     design = Design(path, seeds, _mapping(raw.get("params"), f"{path}: params"), variants, modes,
                     str(raw.get("reference", "")), str(raw.get("upper_bound", "")), int(raw.get("qualitative", 6)),
-                    backbone, probes, probe_variants)
+                    backbone, probes, probe_variants, _paired(raw, path, variants))
     if BACKBONE_NAME in variants:
         raise WsssError(f"{path}: variant name {BACKBONE_NAME!r} is taken by the shared backbone's runs")
     for key in ("reference", "upper_bound"):
@@ -195,12 +233,18 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
             raise WsssError(f"{path}: key '{key}': {getattr(design, key)!r} is not a variant ({', '.join(variants)})")
     if variants[design.upper_bound].trainer != "supervise":
         raise WsssError(f"{path}: key 'upper_bound': variant {design.upper_bound!r} must have 'train: supervise'")
+    for name in design.paired:
+        if name == design.reference:
+            raise WsssError(f"{path}: key 'paired': {name!r} is the reference it would be compared with")
+        if len(design.paired_seeds(name)) < MIN_PAIRED_SEEDS:
+            raise WsssError(f"{path}: key 'paired': {name!r} shares {len(design.paired_seeds(name))} seed(s) with the "
+                            f"reference {design.reference!r}; a paired difference needs {MIN_PAIRED_SEEDS} or more")
     if params_files is not None:
         runs = [(variant, mode, "inference") for variant in variants for mode in modes]
         runs += [(variant, probe, "probe") for variant in probe_variants for probe in probes]
         for variant, mode, kind in runs:
             try:
-                design.config(params_files, variant, mode, seeds[0])
+                design.config(params_files, variant, mode, variants[variant].seeds[0])
             except WsssError as exc:
                 raise WsssError(f"{path}: variant {variant!r}, {kind} {mode!r}: {exc}") from None
         if design.backbone is not None:

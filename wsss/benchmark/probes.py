@@ -38,7 +38,9 @@ def markdown(design: bench_design.Design, summary: pd.DataFrame, images: int) ->
     lines = ["# Benchmark probes", "",
              "Made by `snakemake --cores 2 results/benchmark/probes.md` from the trained models of the benchmark "
              f"(`{design.path.as_posix()}`, key `probes`): more inference modes on the same checkpoints. "
-             f"Seeds: {', '.join(map(str, design.seeds))}; {images} validation images; mean ± sample std over seeds. "
+             "Seeds: " + "; ".join(f"{design.variants[v].label} {', '.join(map(str, design.variants[v].seeds))}"
+                                   for v in design.probe_variants)
+             + f"; {images} validation images; mean ± sample std over seeds. "
              f"The first {len(design.modes)} columns are the main table's modes.", "",
              "| mode | settings |", "|---|---|"]
     for name in modes:
@@ -72,7 +74,7 @@ def figure(design: bench_design.Design, summary: pd.DataFrame, path: Path) -> No
         ax.set_title("with CRF" if crf else "without CRF")
         ax.set_ylim(0, 1)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(f"mIoU (mean ± std over {len(design.seeds)} seeds)")
+    axes[0].set_ylabel("mIoU (mean ± std over each configuration's seeds)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(modes) / 4), 1, 1))

@@ -5,6 +5,9 @@ per-class CSV beside it) and writes into ``--out``:
 
 - ``runs.csv``: one row per variant x seed x inference mode x CRF;
 - ``summary.csv``: mean and sample std over seeds of mIoU and pixel accuracy;
+- with ``paired`` variants in the design (:mod:`wsss.benchmark.paired`): ``paired.csv`` (per-seed mIoU
+  differences to the reference, mean and 95 % interval, and the diagnostics' differences), ``costs.csv``
+  (step time and peak memory per run) and ``paired.png``;
 - ``report.md``: the command, dataset knobs and schedule, the table (with parameter counts), the
   paper's orderings checked on the means, and the figures;
 - ``miou.png`` (mIoU per configuration, error bars = std over seeds), ``per_class.png`` (per-class
@@ -22,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from wsss.benchmark import design as bench_design
+from wsss.benchmark import paired
 from wsss.data.dataset import read_image, read_split
 from wsss.data.palette import colorize, load_mask
 from wsss.errors import WsssError
@@ -47,28 +51,29 @@ def run_paths(cfg: dict, runs: Path, variant: str, seed: int, mode: str) -> Stag
 
 def collect(design: bench_design.Design, cfg: dict, runs: Path, variants: list[str] | None = None,
             modes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-run scores (one row per variant, seed, mode, crf) and per-class IoU (one row per class and run),
-    for the given variants and modes (default: the main table's)."""
+    """Per-run scores (one row per variant, seed, mode, crf) and per-class IoU, precision and recall (one row per
+    class and run), for the given variants (each with its seeds) and modes (default: the main table's)."""
     rows, classes = [], []
-    for variant in variants or list(design.variants):
-        for seed in design.seeds:
-            for mode in modes or list(design.modes):
-                paths = run_paths(cfg, runs, variant, seed, mode)
-                folder = paths.results
-                try:
-                    metrics = json.loads(paths.metrics_json.read_text())
-                    table = pd.read_csv(paths.miou_csv)
-                except FileNotFoundError as exc:
-                    raise WsssError(f"benchmark run missing: {exc.filename}; run the benchmark target first") from None
-                except (json.JSONDecodeError, pd.errors.ParserError) as exc:
-                    raise WsssError(f"unreadable benchmark result under {folder}: {exc}") from None
-                for crf, suffix in ((False, ""), (True, "_crf")):
-                    rows.append({"variant": variant, "seed": seed, "mode": mode, "crf": crf,
-                                 "miou": metrics[f"miou{suffix}"], "pixel_acc": metrics[f"pixel_acc{suffix}"],
-                                 "images": metrics["images"]})
-                    per_class = table[table["class"] != "mean"]
-                    for name, iou in zip(per_class["class"], per_class[f"iou{suffix}"]):
-                        classes.append({"variant": variant, "seed": seed, "mode": mode, "crf": crf, "class": name, "iou": iou})
+    for variant, seed in design.runs(variants):
+        for mode in modes or list(design.modes):
+            paths = run_paths(cfg, runs, variant, seed, mode)
+            folder = paths.results
+            try:
+                metrics = json.loads(paths.metrics_json.read_text())
+                table = pd.read_csv(paths.miou_csv)
+            except FileNotFoundError as exc:
+                raise WsssError(f"benchmark run missing: {exc.filename}; run the benchmark target first") from None
+            except (json.JSONDecodeError, pd.errors.ParserError) as exc:
+                raise WsssError(f"unreadable benchmark result under {folder}: {exc}") from None
+            for crf, suffix in ((False, ""), (True, "_crf")):
+                rows.append({"variant": variant, "seed": seed, "mode": mode, "crf": crf,
+                             "miou": metrics[f"miou{suffix}"], "pixel_acc": metrics[f"pixel_acc{suffix}"],
+                             "images": metrics["images"]})
+                per_class = table[table["class"] != "mean"]
+                for name, iou, precision, recall in zip(per_class["class"], per_class[f"iou{suffix}"],
+                                                        per_class[f"precision{suffix}"], per_class[f"recall{suffix}"]):
+                    classes.append({"variant": variant, "seed": seed, "mode": mode, "crf": crf, "class": name,
+                                    "iou": iou, "precision": precision, "recall": recall})
     return pd.DataFrame(rows), pd.DataFrame(classes)
 
 
@@ -80,10 +85,12 @@ def summarise(runs: pd.DataFrame, metrics: tuple[str, ...] = ("miou", "pixel_acc
 
 
 def param_counts(design: bench_design.Design, params_files: list[str]) -> dict[str, tuple[float, float]]:
-    """Trainable parameters per variant: at the benchmark's size (thousands) and at VOC size (WR38, millions)."""
+    """Trainable parameters per variant, its plug-ins' heads included: at the benchmark's size (thousands) and at
+    VOC size (WR38, millions)."""
     import torch
 
     from wsss.model.network import build_model
+    from wsss.plugins import build_plugins
 
     counts = {}
     for name in design.variants:
@@ -92,7 +99,8 @@ def param_counts(design: bench_design.Design, params_files: list[str]) -> dict[s
             cfg = bench_design.params.load(params_files, design.overrides(name) + extra)
             with torch.device("meta"):
                 model = build_model(cfg, load_weights=False)
-            sizes.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
+                plugins = build_plugins(cfg, model)
+            sizes.append(sum(p.numel() for m in (model, plugins) for p in m.parameters() if p.requires_grad))
         counts[name] = (sizes[0] / 1e3, sizes[1] / 1e6)
     return counts
 
@@ -171,7 +179,7 @@ def figure_miou(design: bench_design.Design, summary: pd.DataFrame, path: Path) 
         xs = np.arange(len(variants)) + (i - (len(settings) - 1) / 2) * width
         ax.bar(xs, means, width, yerr=np.nan_to_num(stds), capsize=2, label=label, color=colors[i])
     ax.set_xticks(np.arange(len(variants)), [design.variants[v].label for v in variants], rotation=20, ha="right")
-    ax.set_ylabel(f"mIoU (mean ± std over {len(design.seeds)} seeds)")
+    ax.set_ylabel("mIoU (mean ± std over each configuration's seeds)")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=2, loc="upper left")
@@ -201,11 +209,13 @@ def figure_per_class(design: bench_design.Design, classes: pd.DataFrame, path: P
 
 def figure_examples(design: bench_design.Design, cfg: dict, runs: Path, path: Path) -> None:
     plt = pyplot()
-    mode, seed = list(design.modes)[-1], design.seeds[0]
+    mode = list(design.modes)[-1]
+    cam = "cam" if "cam" in design.variants else design.reference
+    shown = [cam, design.reference, *design.paired, design.upper_bound]
+    seed = next(s for s in design.seeds if all(s in design.variants[v].seeds for v in shown))
     split = cfg["data"]["eval_split"]
     data = for_config(cfg).data
     names = read_split(data, split)[: design.qualitative]
-    cam = "cam" if "cam" in design.variants else design.reference
     ref, ub = design.variants[design.reference].label, design.variants[design.upper_bound].label
 
     def masks(variant: str, stage: str) -> Path:
@@ -213,7 +223,9 @@ def figure_examples(design: bench_design.Design, cfg: dict, runs: Path, path: Pa
 
     columns = [("image", None), ("ground truth", data / "SegmentationClass"),
                (design.variants[cam].label, masks(cam, "infer")), (ref, masks(design.reference, "infer")),
-               (f"{ref} + CRF", masks(design.reference, "crf")), (f"{ub} + CRF", masks(design.upper_bound, "crf"))]
+               (f"{ref} + CRF", masks(design.reference, "crf")),
+               *[(f"{design.variants[v].label} + CRF", masks(v, "crf")) for v in design.paired],
+               (f"{ub} + CRF", masks(design.upper_bound, "crf"))]
     fig, axes = plt.subplots(len(names), len(columns), figsize=(1.9 * len(columns), 1.9 * len(names)), squeeze=False)
     for r, name in enumerate(names):
         for c, (title, folder) in enumerate(columns):
@@ -251,12 +263,13 @@ def save_figure(fig, path: Path) -> None:
 
 
 def markdown(design: bench_design.Design, cfg: dict, summary: pd.DataFrame, counts: dict, found: list,
-             times: tuple[float, int], images: int) -> str:
+             times: tuple[float, int], images: int, paired_lines: list[str] | None = None) -> str:
     settings = _settings(design)
     lines = ["# Ablation benchmark on the embedded dataset", "",
              "Made by `snakemake --cores 2 results/benchmark/report.md` from `params.yaml` and "
              f"`{design.path.as_posix()}` (the design: seeds, schedule, configurations, inference modes). "
-             f"Seeds: {', '.join(map(str, design.seeds))}; {images} validation images; mean ± sample std over seeds.", ""]
+             f"Seeds: {', '.join(map(str, design.seeds))} (a configuration's own seeds where the table says fewer); "
+             f"{images} validation images; mean ± sample std over seeds.", ""]
     total, jobs = times
     if jobs:
         lines += [f"Job time: {total / 60:.1f} min over {jobs} jobs (Snakemake benchmark files); with `--cores N` "
@@ -273,12 +286,14 @@ def markdown(design: bench_design.Design, cfg: dict, summary: pd.DataFrame, coun
         lines += [f"| {key} | {bench_design.typed_value(value)} |" for key, value in design.backbone.items()]
     for title, column in (("mIoU", "miou"), ("Pixel accuracy", "pixel_acc")):
         lines += ["", f"## {title}", "",
-                  "| configuration | params (benchmark size, K) | params (VOC size, M) | " + " | ".join(s[2] for s in settings) + " |",
-                  "|---|---:|---:|" + "---:|" * len(settings)]
+                  "| configuration | params (benchmark size, K) | params (VOC size, M) | seeds | "
+                  + " | ".join(s[2] for s in settings) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(settings)]
         for variant, spec in design.variants.items():
             cells = [summary_cell(summary, variant, m, c, column) for m, c, _ in settings]
             toy, voc = counts[variant]
-            lines.append(f"| {spec.label} | {toy:.1f} | {voc:.2f} | " + " | ".join(cells) + " |")
+            lines.append(f"| {spec.label} | {toy:.1f} | {voc:.2f} | {len(spec.seeds)} | " + " | ".join(cells) + " |")
+    lines += paired_lines or []
     lines += ["", "## The paper's orderings, on the means over seeds", "", "| claim | holds | numbers |", "|---|---|---|"]
     lines += [f"| {claim} | {'yes' if ok else '**no**'} | {numbers} |" for claim, ok, numbers in found]
     lines += ["", "## Figures", "", "![mIoU per configuration](miou.png)", "",
@@ -302,7 +317,18 @@ def run(cfg: dict, args) -> None:
     figure_per_class(design, classes, out / "per_class.png")
     figure_examples(design, bench_cfg, runs, out / "examples.png")
     found = checks(design, summary)
+    paired_lines = None
+    if design.paired:
+        paired_miou, diag = paired.tables(design, run_rows, classes)
+        cost = paired.costs(design, bench_cfg, runs)
+        ratios = paired.cost_ratios(design, cost)
+        with atomic_path(out / "paired.csv") as tmp:
+            pd.concat([paired_miou.assign(measure="miou"), diag], ignore_index=True).to_csv(tmp, index=False, float_format="%.6f")
+        with atomic_path(out / "costs.csv") as tmp:
+            cost.to_csv(tmp, index=False, float_format="%.6f")
+        paired.figure(design, paired_miou, _settings(design), out / "paired.png")
+        paired_lines = paired.markdown(design, paired_miou, diag, ratios, _settings(design))
     text = markdown(design, bench_cfg, summary, param_counts(design, params_files), found, job_time(design, runs),
-                    int(run_rows["images"].iloc[0]))
+                    int(run_rows["images"].iloc[0]), paired_lines)
     write_text(out / "report.md", text)
     print(text)

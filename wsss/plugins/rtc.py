@@ -53,14 +53,16 @@ def rtc_cam(masks: Tensor, labels: Tensor) -> Tensor:
 
 
 def argmax_keep(cam: Tensor) -> Tensor:
-    """Each pixel's winning class keeps its value, every other class 0 (RTC's "max one-hot")."""
-    return cam * F.one_hot(cam.argmax(1), cam.shape[1]).permute(0, 3, 1, 2)
+    """Each pixel's winning class keeps its value, every other class 0 (RTC's "max one-hot"); a tie goes
+    to the first class. ``max(1).indices`` is ``argmax(1)`` (both take the first maximum), several times faster
+    on channel-first CPU tensors."""
+    return cam * F.one_hot(cam.max(1).indices, cam.shape[1]).permute(0, 3, 1, 2)
 
 
 def pixel_labels(cam: Tensor, bg: float) -> Tensor:
     """(B, h, w) arg-max of [bg, foreground CAMs]: 0 is background."""
     fg = cam[:, 1:]
-    return torch.cat([fg.new_full((fg.shape[0], 1, *fg.shape[2:]), bg), fg], 1).argmax(1)
+    return torch.cat([fg.new_full((fg.shape[0], 1, *fg.shape[2:]), bg), fg], 1).max(1).indices
 
 
 def prototypes(cam: Tensor, features: Tensor, k: int) -> Tensor:

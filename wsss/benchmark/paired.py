@@ -1,0 +1,214 @@
+"""The benchmark's paired rows: each ``paired`` variant (a training plug-in) against the reference (WS-FCN),
+seed by seed, and what it costs.
+
+Both runs of a seed start from the same shared backbone and see the same data order, so the per-seed
+difference removes most of the seed-to-seed spread that the mean ± std of each configuration carries.
+For every setting (inference mode x CRF) the report gives the mean of the per-seed differences and its
+95 % interval (Student's t with n - 1 degrees of freedom, ``scipy.stats.t``). The cost is a per-seed ratio
+to the reference's run of the same seed, from the same benchmark invocation: the training step time
+(median over the ``train`` curve's rows of batch size / ``img_per_s``, the segmentation epochs) and the
+peak resident memory of the ``train`` job (``max_rss`` of its Snakemake benchmark file).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from wsss.benchmark import design as bench_design
+from wsss.errors import WsssError
+from wsss.paths import for_config
+
+CONFIDENCE = 0.95
+DIAGNOSTICS = {  # per-run measure (see diagnostics) -> its label
+    "background_iou": "background IoU",
+    "fg_precision": "foreground precision (mean over classes)",
+    "fg_recall": "foreground recall (mean over classes)",
+}
+
+
+def interval(diffs: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of ``diffs`` (one per seed) and its two-sided t interval.
+    One value has no interval: (mean, nan, nan)."""
+    from scipy import stats
+
+    diffs = np.asarray(diffs, dtype=float)
+    mean = float(diffs.mean())
+    if len(diffs) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs)))
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float) -> str:
+    """Whether an interval of differences lies above 0, below 0, or holds it."""
+    if math.isnan(low):
+        return "one seed"
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no detectable difference"
+
+
+def differences(design: bench_design.Design, values: pd.DataFrame, column: str, keys: list[str]) -> pd.DataFrame:
+    """Per paired variant and per ``keys`` group: the mean per-seed difference to the reference of ``column``
+    and its interval. ``values`` has one row per variant, seed and ``keys``."""
+    rows = []
+    for variant in design.paired:
+        seeds = design.paired_seeds(variant)
+        mine = values[(values["variant"] == variant) & values["seed"].isin(seeds)]
+        ref = values[(values["variant"] == design.reference) & values["seed"].isin(seeds)]
+        joined = mine.merge(ref, on=["seed", *keys], suffixes=("", "_ref"))
+        for group, part in joined.groupby(keys, sort=False):
+            diffs = (part[column] - part[f"{column}_ref"]).to_numpy()
+            mean, low, high = interval(diffs)
+            rows.append({"variant": variant, **dict(zip(keys, group if isinstance(group, tuple) else (group,))),
+                         "seeds": len(diffs), "mean": mean, "low": low, "high": high, "verdict": verdict(low, high),
+                         "per_seed": " ".join(f"{d:+.3f}" for d in diffs)})
+    return pd.DataFrame(rows)
+
+
+def diagnostics(classes: pd.DataFrame) -> pd.DataFrame:
+    """Per run (variant, seed, mode, crf): the background IoU and the foreground classes' mean precision and
+    recall, from the per-class rows of :func:`wsss.benchmark.report.collect`."""
+    rows = []
+    for key, part in classes.groupby(["variant", "seed", "mode", "crf"], sort=False):
+        fg = part[part["class"] != "background"]
+        rows.append(dict(zip(["variant", "seed", "mode", "crf"], key),
+                         background_iou=float(part[part["class"] == "background"]["iou"].iloc[0]),
+                         fg_precision=float(fg["precision"].mean()), fg_recall=float(fg["recall"].mean())))
+    return pd.DataFrame(rows)
+
+
+def costs(design: bench_design.Design, cfg: dict, runs: Path) -> pd.DataFrame:
+    """Per run of the reference and the paired variants: the training step time (s) and the train job's
+    peak resident memory (MB). Raises WsssError naming a missing or unreadable file."""
+    rows = []
+    batch = cfg["train"]["batch_size"]
+    for variant, seed in design.runs([design.reference, *design.paired]):
+        folder = runs / variant / f"s{seed}"
+        curve = for_config(cfg, folder).train_log("train")
+        bench = folder / "benchmarks" / "train.tsv"
+        try:
+            speed = pd.read_csv(curve, sep="\t")
+            speed = speed[speed["stage"] == "train"]["img_per_s"]
+            rss = float(pd.read_csv(bench, sep="\t")["max_rss"].iloc[0])
+        except FileNotFoundError as exc:
+            raise WsssError(f"benchmark run missing: {exc.filename}; run the benchmark target first") from None
+        except (KeyError, IndexError, ValueError, pd.errors.ParserError) as exc:
+            raise WsssError(f"unreadable training record under {folder}: {exc}") from None
+        if speed.empty:
+            raise WsssError(f"{curve}: no 'train' rows with img_per_s (the training curve is empty)")
+        rows.append({"variant": variant, "seed": seed, "step_s": float(np.median(batch / speed.to_numpy())),
+                     "max_rss_mb": rss})
+    return pd.DataFrame(rows)
+
+
+def cost_ratios(design: bench_design.Design, cost: pd.DataFrame) -> pd.DataFrame:
+    """Per paired variant: the mean, lowest and highest per-seed ratio to the reference of step time and
+    peak memory, and the reference's own mean figures."""
+    rows = []
+    ref = cost[cost["variant"] == design.reference].set_index("seed")
+    for variant in design.paired:
+        mine = cost[cost["variant"] == variant].set_index("seed")
+        seeds = design.paired_seeds(variant)
+        row = {"variant": variant, "seeds": len(seeds)}
+        for column in ("step_s", "max_rss_mb"):
+            ratio = mine.loc[seeds, column].to_numpy() / ref.loc[seeds, column].to_numpy()
+            row.update({f"{column}_ref": float(ref.loc[seeds, column].mean()), f"{column}": float(mine.loc[seeds, column].mean()),
+                        f"{column}_ratio": float(ratio.mean()), f"{column}_ratio_min": float(ratio.min()),
+                        f"{column}_ratio_max": float(ratio.max())})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def figure(design: bench_design.Design, paired_miou: pd.DataFrame, settings: list[tuple[str, bool, str]], path: Path) -> None:
+    """Per-seed mIoU differences to the reference (dots) with their mean and 95 % interval, per setting."""
+    from wsss.benchmark.report import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(design.paired), figsize=(3.2 * len(design.paired) + 1, 3.6), squeeze=False,
+                             sharey=True)
+    for ax, variant in zip(axes[0], design.paired):
+        for i, (mode, crf, label) in enumerate(settings):
+            row = paired_miou[(paired_miou["variant"] == variant) & (paired_miou["mode"] == mode)
+                              & (paired_miou["crf"] == crf)].iloc[0]
+            dots = [float(d) for d in row["per_seed"].split()]
+            ax.scatter([i] * len(dots), dots, s=12, color="grey", zorder=2)
+            err = [[row["mean"] - row["low"]], [row["high"] - row["mean"]]] if not math.isnan(row["low"]) else None
+            ax.errorbar([i + 0.15], [row["mean"]], yerr=err, fmt="o", color="C3", capsize=4, zorder=3)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(settings)), [s[2] for s in settings], rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{design.variants[variant].label} − {design.variants[design.reference].label}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(f"mIoU difference\n(dots: seeds; mean, {CONFIDENCE:.0%} interval)")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _cell(row) -> str:
+    if math.isnan(row["low"]):
+        return f"{row['mean']:+.3f}"
+    return f"{row['mean']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]"
+
+
+def markdown(design: bench_design.Design, paired_miou: pd.DataFrame, diag: pd.DataFrame, ratios: pd.DataFrame,
+             settings: list[tuple[str, bool, str]]) -> list[str]:
+    """The report's section on the paired variants: mIoU differences, the diagnostics, the cost ratios."""
+    ref = design.variants[design.reference].label
+    lines = ["", f"## Plug-ins against {ref}, paired by seed", "",
+             f"Per-seed difference of mIoU to {ref} (same seed, same shared backbone): mean "
+             f"[{CONFIDENCE:.0%} interval, Student's t over the seeds]; the verdict is the interval's sign.", "",
+             "| configuration | seeds | " + " | ".join(s[2] for s in settings) + " |",
+             "|---|---:|" + "---:|" * len(settings)]
+    for variant in design.paired:
+        part = paired_miou[paired_miou["variant"] == variant]
+        cells = []
+        for mode, crf, _ in settings:
+            row = part[(part["mode"] == mode) & (part["crf"] == crf)].iloc[0]
+            cells.append(f"{_cell(row)} ({row['verdict']})")
+        lines.append(f"| {design.variants[variant].label} | {int(part['seeds'].iloc[0])} | " + " | ".join(cells) + " |")
+    lines += ["", "Per-seed differences (mIoU, " + ", ".join(s[2] for s in settings) + "):", ""]
+    for variant in design.paired:
+        part = paired_miou[paired_miou["variant"] == variant]
+        per = "; ".join(f"{label}: {part[(part['mode'] == m) & (part['crf'] == c)]['per_seed'].iloc[0]}"
+                        for m, c, label in settings)
+        lines.append(f"- {design.variants[variant].label}: {per}")
+    if not diag.empty:
+        picked = [s for s in settings if (s[0], s[1]) in {(settings[0][0], settings[0][1]), (settings[-1][0], settings[-1][1])}]
+        lines += ["", f"What moved (paired differences to {ref}; foreground = the non-background classes):", "",
+                  "| configuration | measure | " + " | ".join(s[2] for s in picked) + " |", "|---|---|" + "---:|" * len(picked)]
+        for variant in design.paired:
+            for measure, label in DIAGNOSTICS.items():
+                part = diag[(diag["variant"] == variant) & (diag["measure"] == measure)]
+                cells = [_cell(part[(part["mode"] == m) & (part["crf"] == c)].iloc[0]) for m, c, _ in picked]
+                lines.append(f"| {design.variants[variant].label} | {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"Training cost against {ref}, measured in this benchmark (per-seed ratio: mean, lowest–highest; "
+              "step time = median seconds per training step of the segmentation epochs, one thread, two jobs "
+              "sharing two cores; memory = the train job's peak resident set):", "",
+              "| configuration | step (s) | × " + ref + " | peak RSS (MB) | × " + ref + " |", "|---|---:|---:|---:|---:|"]
+    if not ratios.empty:
+        first = ratios.iloc[0]
+        lines.append(f"| {ref} | {first['step_s_ref']:.3f} | 1 | {first['max_rss_mb_ref']:.0f} | 1 |")
+    for _, row in ratios.iterrows():
+        lines.append(f"| {design.variants[row['variant']].label} | {row['step_s']:.3f} | {row['step_s_ratio']:.2f} "
+                     f"({row['step_s_ratio_min']:.2f}–{row['step_s_ratio_max']:.2f}) | {row['max_rss_mb']:.0f} | "
+                     f"{row['max_rss_mb_ratio']:.2f} ({row['max_rss_mb_ratio_min']:.2f}–{row['max_rss_mb_ratio_max']:.2f}) |")
+    lines += ["", "![paired differences](paired.png)"]
+    return lines
+
+
+def tables(design: bench_design.Design, run_rows: pd.DataFrame, classes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(paired mIoU differences per variant, mode and CRF; paired diagnostic differences, with a ``measure`` column)."""
+    paired_miou = differences(design, run_rows, "miou", ["mode", "crf"])
+    diag = diagnostics(classes)
+    parts = []
+    for measure in DIAGNOSTICS:
+        part = differences(design, diag, measure, ["mode", "crf"])
+        part.insert(1, "measure", measure)
+        parts.append(part)
+    return paired_miou, pd.concat(parts, ignore_index=True)
