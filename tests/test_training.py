@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from conftest import run_cli
@@ -154,12 +155,17 @@ def test_the_infer_stage_writes_what_predict_and_combine_give(pretrained):
     cwd, root = trained(pretrained)
     schedule = SCHEDULE
     knobs = ["infer.scales=[1.0, 0.5]", "infer.flip=true", "infer.pad_size=[160, 160]", "infer.fp_cut=0.3"]
-    assert wsss("infer", cwd, root, *schedule, *knobs).returncode == 0
+    proc = wsss("infer", cwd, root, *schedule, *knobs)
+    assert proc.returncode == 0
     cfg = config.load([REPO / "params.yaml"], [*SMALL, *schedule, *knobs, f"data.root={root}"])
     model, _ = load_model(cfg, torch.device("cpu"), cwd / "results/toy/train.pt")
     icfg = cfg["infer"]
     out = cwd / "results/toy/val/infer"
-    rows = (out / "scores.tsv").read_text().splitlines()[1:]
+    header, *rows = (out / "scores.tsv").read_text().splitlines()
+    assert header == "\t".join(["name", *(f"c{c}" for c in range(1, config.num_classes(cfg)))])
+    assert proc.stdout.endswith(f"infer: wrote {len(rows)} masks to results/toy/val/infer\n")
+    record = yaml.safe_load((out / "checkpoint.yaml").read_text())
+    assert (record["path"], record["made_by"]) == ("results/toy/train.pt", "wsss train")
     for row in rows[:3]:
         name = row.split("\t")[0]
         image = Image.open(root / "toy" / "JPEGImages" / f"{name}.jpg").convert("RGB")
