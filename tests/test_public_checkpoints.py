@@ -7,6 +7,7 @@ WR38 network for VOC's 21 classes: names and shapes, in file order) with random 
 from __future__ import annotations
 
 import hashlib
+import re
 
 from pathlib import Path
 
@@ -108,12 +109,13 @@ def test_the_other_network_is_refused_with_the_overrides_that_select_it(case):
         public.load_into(model, state, "released.pth", *other)
 
 
-def test_infer_loads_a_released_file_as_it_is(tmp_path, one_thread):
+def test_infer_loads_a_released_file_as_it_is(tmp_path, one_thread, capsys):
     state = public_state("wsfcn")
     path = tmp_path / "model_enc_e018Xs0.905.pth"
     torch.save(state, path)
     cfg = config.load([PARAMS], ["data.name=voc"])
     model, source = load_model(cfg, torch.device("cpu"), path)
+    assert capsys.readouterr().out == f"infer: loaded the public wsfcn checkpoint {path}\n"
     assert source == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                       "made_by": "public wsfcn checkpoint"}
     assert not model.training
@@ -125,6 +127,19 @@ def test_infer_loads_a_released_file_as_it_is(tmp_path, one_thread):
             load_model(config.load([PARAMS], ["data.name=voc", *overrides]), torch.device("cpu"), path)
         assert str(err.value) == (f"{path} is a public SSSS / WS-FCN checkpoint: it needs model.method single_stage "
                                   f"and model.backbone wr38 (params: {named})")
+
+
+def test_infer_names_a_file_that_is_no_checkpoint_and_one_made_under_other_params(tmp_path):
+    cfg = config.load([PARAMS], [])
+    path = tmp_path / "weights.pt"
+    torch.save({"epoch": 3, "lr": 0.1}, path)  # a dict, but neither a state dict nor a wsss checkpoint
+    with pytest.raises(WsssError) as err:
+        load_model(cfg, torch.device("cpu"), path)
+    assert str(err.value) == f"checkpoint {path} is neither a wsss checkpoint nor a public SSSS / WS-FCN state dict"
+    other = config.load([PARAMS], ["train.lr=0.5"])
+    torch.save({"model": {}, "signature": {}, "stage": "train", "config": other}, path)
+    with pytest.raises(WsssError, match=rf"^{re.escape(str(path))} was made by `wsss train` under other parameters"):
+        load_model(cfg, torch.device("cpu"), path)
 
 
 def test_checkpoint_yaml_names_the_wsss_stage_that_made_it(tmp_path):
