@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 
 from conftest import run_cli
 from wsss import config

@@ -68,8 +68,13 @@ def bench_outputs(pattern, modes, variants=None):
     return [BENCH_RUN.format(variant=v, seed=s) + pattern.format(mode=m) for v, s in BENCH.runs(variants) for m in modes]
 
 
+def bench_model_path(variant, seed):
+    """The trained checkpoint of one run (train.pt, or supervise.pt for the upper bound)."""
+    return BENCH_RUN.format(variant=variant, seed=seed) + f"/toy/{bench_model_name(variant)}.pt"
+
+
 def bench_model(wc):
-    return f"{BENCH_RUN}/toy/{bench_model_name(wc.variant)}.pt".format(**wc)
+    return bench_model_path(wc.variant, wc.seed)
 
 
 rule bench_prepare:
@@ -228,7 +233,7 @@ rule bench_report:
         design=BENCH_DESIGN,
         metrics=bench_outputs("/{mode}/metrics/toy_val.json", BENCH.modes),
         tables=bench_outputs("/{mode}/toy_val_miou.csv", BENCH.modes),
-        models=[BENCH_RUN.format(variant=v, seed=s) + f"/toy/{bench_model_name(v)}.pt" for v, s in BENCH.runs()],
+        models=[bench_model_path(v, s) for v, s in BENCH.runs()],
         code=["wsss/benchmark/design.py", "wsss/benchmark/report.py", "wsss/benchmark/paired.py"],
     output:
         report=BENCH_OUT + "/report.md",

@@ -66,7 +66,7 @@ def differences(design: bench_design.Design, values: pd.DataFrame, column: str, 
         for group, part in joined.groupby(keys, sort=False):
             diffs = (part[column] - part[f"{column}_ref"]).to_numpy()
             mean, low, high = interval(diffs)
-            rows.append({"variant": variant, **dict(zip(keys, group if isinstance(group, tuple) else (group,))),
+            rows.append({"variant": variant, **dict(zip(keys, group)),
                          "seeds": len(diffs), "mean": mean, "low": low, "high": high, "verdict": verdict(low, high),
                          "per_seed": " ".join(f"{d:+.3f}" for d in diffs)})
     return pd.DataFrame(rows)
@@ -94,8 +94,8 @@ def costs(design: bench_design.Design, cfg: dict, runs: Path) -> pd.DataFrame:
         curve = for_config(cfg, folder).train_log("train")
         bench = folder / "benchmarks" / "train.tsv"
         try:
-            speed = pd.read_csv(curve, sep="\t")
-            speed = speed[speed["stage"] == "train"]["img_per_s"]
+            rows_of_curve = pd.read_csv(curve, sep="\t")
+            speed = rows_of_curve[rows_of_curve["stage"] == "train"]["img_per_s"]
             rss = float(pd.read_csv(bench, sep="\t")["max_rss"].iloc[0])
         except FileNotFoundError as exc:
             raise WsssError(f"benchmark run missing: {exc.filename}; run the benchmark target first") from None
@@ -135,8 +135,7 @@ def figure(design: bench_design.Design, paired_miou: pd.DataFrame, settings: lis
                              sharey=True)
     for ax, variant in zip(axes[0], design.paired):
         for i, (mode, crf, label) in enumerate(settings):
-            row = paired_miou[(paired_miou["variant"] == variant) & (paired_miou["mode"] == mode)
-                              & (paired_miou["crf"] == crf)].iloc[0]
+            row = _setting(paired_miou[paired_miou["variant"] == variant], mode, crf)
             dots = [float(d) for d in row["per_seed"].split()]
             ax.scatter([i] * len(dots), dots, s=12, color="grey", zorder=2)
             err = [[row["mean"] - row["low"]], [row["high"] - row["mean"]]] if not math.isnan(row["low"]) else None
@@ -150,6 +149,11 @@ def figure(design: bench_design.Design, paired_miou: pd.DataFrame, settings: lis
     save_figure(fig, path)
 
 
+def _setting(frame: pd.DataFrame, mode: str, crf: bool) -> pd.Series:
+    """The one row of ``frame`` (already narrowed to a variant and measure) for an inference mode and CRF."""
+    return frame[(frame["mode"] == mode) & (frame["crf"] == crf)].iloc[0]
+
+
 def _cell(row) -> str:
     if math.isnan(row["low"]):
         return f"{row['mean']:+.3f}"
@@ -158,7 +162,8 @@ def _cell(row) -> str:
 
 def markdown(design: bench_design.Design, paired_miou: pd.DataFrame, diag: pd.DataFrame, ratios: pd.DataFrame,
              settings: list[tuple[str, bool, str]]) -> list[str]:
-    """The report's section on the paired variants: mIoU differences, the diagnostics, the cost ratios."""
+    """The report's section on the paired variants (the design has some): mIoU differences, the diagnostics,
+    the cost ratios."""
     ref = design.variants[design.reference].label
     lines = ["", f"## Plug-ins against {ref}, paired by seed", "",
              f"Per-seed difference of mIoU to {ref} (same seed, same shared backbone): mean "
@@ -167,33 +172,27 @@ def markdown(design: bench_design.Design, paired_miou: pd.DataFrame, diag: pd.Da
              "|---|---:|" + "---:|" * len(settings)]
     for variant in design.paired:
         part = paired_miou[paired_miou["variant"] == variant]
-        cells = []
-        for mode, crf, _ in settings:
-            row = part[(part["mode"] == mode) & (part["crf"] == crf)].iloc[0]
-            cells.append(f"{_cell(row)} ({row['verdict']})")
+        cells = [f"{_cell(row)} ({row['verdict']})" for row in (_setting(part, m, c) for m, c, _ in settings)]
         lines.append(f"| {design.variants[variant].label} | {int(part['seeds'].iloc[0])} | " + " | ".join(cells) + " |")
     lines += ["", "Per-seed differences (mIoU, " + ", ".join(s[2] for s in settings) + "):", ""]
     for variant in design.paired:
         part = paired_miou[paired_miou["variant"] == variant]
-        per = "; ".join(f"{label}: {part[(part['mode'] == m) & (part['crf'] == c)]['per_seed'].iloc[0]}"
-                        for m, c, label in settings)
+        per = "; ".join(f"{label}: {_setting(part, m, c)['per_seed']}" for m, c, label in settings)
         lines.append(f"- {design.variants[variant].label}: {per}")
-    if not diag.empty:
-        picked = [s for s in settings if (s[0], s[1]) in {(settings[0][0], settings[0][1]), (settings[-1][0], settings[-1][1])}]
-        lines += ["", f"What moved (paired differences to {ref}; foreground = the non-background classes):", "",
-                  "| configuration | measure | " + " | ".join(s[2] for s in picked) + " |", "|---|---|" + "---:|" * len(picked)]
-        for variant in design.paired:
-            for measure, label in DIAGNOSTICS.items():
-                part = diag[(diag["variant"] == variant) & (diag["measure"] == measure)]
-                cells = [_cell(part[(part["mode"] == m) & (part["crf"] == c)].iloc[0]) for m, c, _ in picked]
-                lines.append(f"| {design.variants[variant].label} | {label} | " + " | ".join(cells) + " |")
+    picked = list(dict.fromkeys([settings[0], settings[-1]]))  # the first and the last setting
+    lines += ["", f"What moved (paired differences to {ref}; foreground = the non-background classes):", "",
+              "| configuration | measure | " + " | ".join(s[2] for s in picked) + " |", "|---|---|" + "---:|" * len(picked)]
+    for variant in design.paired:
+        for measure, label in DIAGNOSTICS.items():
+            part = diag[(diag["variant"] == variant) & (diag["measure"] == measure)]
+            cells = [_cell(_setting(part, m, c)) for m, c, _ in picked]
+            lines.append(f"| {design.variants[variant].label} | {label} | " + " | ".join(cells) + " |")
     lines += ["", f"Training cost against {ref}, measured in this benchmark (per-seed ratio: mean, lowest–highest; "
               "step time = median seconds per training step of the segmentation epochs, one thread, two jobs "
               "sharing two cores; memory = the train job's peak resident set):", "",
               "| configuration | step (s) | × " + ref + " | peak RSS (MB) | × " + ref + " |", "|---|---:|---:|---:|---:|"]
-    if not ratios.empty:
-        first = ratios.iloc[0]
-        lines.append(f"| {ref} | {first['step_s_ref']:.3f} | 1 | {first['max_rss_mb_ref']:.0f} | 1 |")
+    first = ratios.iloc[0]
+    lines.append(f"| {ref} | {first['step_s_ref']:.3f} | 1 | {first['max_rss_mb_ref']:.0f} | 1 |")
     for _, row in ratios.iterrows():
         lines.append(f"| {design.variants[row['variant']].label} | {row['step_s']:.3f} | {row['step_s_ratio']:.2f} "
                      f"({row['step_s_ratio_min']:.2f}–{row['step_s_ratio_max']:.2f}) | {row['max_rss_mb']:.0f} | "

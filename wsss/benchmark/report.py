@@ -326,8 +326,9 @@ def run(cfg: dict, args) -> None:
             pd.concat([paired_miou.assign(measure="miou"), diag], ignore_index=True).to_csv(tmp, index=False, float_format="%.6f")
         with atomic_path(out / "costs.csv") as tmp:
             cost.to_csv(tmp, index=False, float_format="%.6f")
-        paired.figure(design, paired_miou, _settings(design), out / "paired.png")
-        paired_lines = paired.markdown(design, paired_miou, diag, ratios, _settings(design))
+        settings = _settings(design)
+        paired.figure(design, paired_miou, settings, out / "paired.png")
+        paired_lines = paired.markdown(design, paired_miou, diag, ratios, settings)
     text = markdown(design, bench_cfg, summary, param_counts(design, params_files), found, job_time(design, runs),
                     int(run_rows["images"].iloc[0]), paired_lines)
     write_text(out / "report.md", text)
