@@ -73,6 +73,9 @@ def test_train_continues_the_steps_and_logs_only_its_own_rows(cfg, tmp_path, one
     assert all(0 <= float(r["pseudo_valid"]) <= 1 for r in own) and any(float(r["seg"]) > 0 for r in own)
     for r in own:
         assert float(r["loss"]) == pytest.approx(float(r["cls"]) + cfg["train"]["seg_weight"] * float(r["seg"]), abs=2e-5)
+    rows = [r for r in state["log"] if r["stage"] == "train"]  # the curve's precision: losses to 5 decimals, shares to 4
+    assert all(r[k] == round(r[k], 5) for r in rows for k in ("loss", "cls", "seg"))
+    assert all(r["pseudo_valid"] == round(r["pseudo_valid"], 4) for r in rows) and len({r["seg"] for r in rows}) > 2
 
 
 def test_train_refuses_a_pretrain_checkpoint_of_another_schedule(cfg, tmp_path, one_thread):
@@ -296,12 +299,15 @@ def test_amp_is_for_cuda_only_a_cpu_run_is_unchanged(cfg, tmp_path, one_thread):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_throughput_counts_every_image_since_the_last_row(cfg, tmp_path, fake_clock, one_thread):
+def test_throughput_counts_every_image_since_the_last_row(cfg, tmp_path, monkeypatch, one_thread):
+    ticks = itertools.count()
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: 0.75 * next(ticks))  # 0.75 s per call
     cfg["train"]["log_every"] = 2
     paths = for_config(cfg, tmp_path / "results")
     trainer.run(cfg, trainer.phase_for("pretrain", cfg, paths), paths)
     rows = checkpoint.load(paths.checkpoint("pretrain"))["log"]
-    assert [r["step"] for r in rows] == [2, 4, 6] and [r["img_per_s"] for r in rows] == [16.0, 16.0, 16.0]
+    # 2 batches of 8 images in one call of the clock: 16 / 0.75 s, to 2 decimals
+    assert [r["step"] for r in rows] == [2, 4, 6] and [r["img_per_s"] for r in rows] == [21.33, 21.33, 21.33]
 
 
 def test_the_cpu_threads_leave_a_core_to_each_loader_worker(cfg, tmp_path, monkeypatch, one_thread):

@@ -154,24 +154,34 @@ def test_the_infer_stage_writes_what_predict_and_combine_give(pretrained):
 
     cwd, root = trained(pretrained)
     schedule = SCHEDULE
-    knobs = ["infer.scales=[1.0, 0.5]", "infer.flip=true", "infer.pad_size=[160, 160]", "infer.fp_cut=0.3"]
-    proc = wsss("infer", cwd, root, *schedule, *knobs)
-    assert proc.returncode == 0
+    knobs = ["infer.scales=[1.0, 0.5]", "infer.flip=true", "infer.pad_size=[160, 160]"]
     cfg = config.load([REPO / "params.yaml"], [*SMALL, *schedule, *knobs, f"data.root={root}"])
     model, _ = load_model(cfg, torch.device("cpu"), cwd / "results/toy/train.pt")
     icfg = cfg["infer"]
+
+    def view(name: str):
+        image = Image.open(root / "toy" / "JPEGImages" / f"{name}.jpg").convert("RGB")
+        with torch.no_grad():
+            return predict(model, image, [1.0, 0.5], True, icfg["chunk"], [160, 160], "cpu")
+
+    # fp_cut exactly at the first image's top class score: a tie is not presence (> as in the public code)
+    first = (root / "toy/ImageSets/Segmentation/val.txt").read_text().split()[0]
+    fp_cut = float(view(first)[1].max())
+    knobs.append(f"infer.fp_cut={fp_cut!r}")
+    proc = wsss("infer", cwd, root, *schedule, *knobs)
+    assert proc.returncode == 0
     out = cwd / "results/toy/val/infer"
     header, *rows = (out / "scores.tsv").read_text().splitlines()
     assert header == "\t".join(["name", *(f"c{c}" for c in range(1, config.num_classes(cfg)))])
     assert proc.stdout.endswith(f"infer: wrote {len(rows)} masks to results/toy/val/infer\n")
     record = yaml.safe_load((out / "checkpoint.yaml").read_text())
     assert (record["path"], record["made_by"]) == ("results/toy/train.pt", "wsss train")
+    assert rows[0].split("\t")[0] == first
     for row in rows[:3]:
         name = row.split("\t")[0]
-        image = Image.open(root / "toy" / "JPEGImages" / f"{name}.jpg").convert("RGB")
-        with torch.no_grad():
-            masks, scores = predict(model, image, [1.0, 0.5], True, icfg["chunk"], [160, 160], "cpu")
-        ids, probs = combine(masks, scores > 0.3, icfg)
+        masks, scores = view(name)
+        ids, probs = combine(masks, scores > fp_cut, icfg)
+        assert name != first or ids.tolist() == [0]
         with np.load(out / "probs" / f"{name}.npz") as f:
             assert f["classes"].tolist() == ids.tolist()
             np.testing.assert_allclose(f["probs"].astype(np.float32), probs, atol=1e-3)

@@ -130,7 +130,7 @@ class CAMLoss:
     def __init__(self, cfg: dict):
         """``cfg`` is taken for the losses' common signature (``build_loss``); this loss has no settings."""
 
-    def __call__(self, out: dict, raw: Tensor | None, labels: Tensor, seg_on: bool = False, adjust=None) -> dict:
+    def __call__(self, out: dict, raw: Tensor | None, labels: Tensor, seg_on: bool, adjust=None) -> dict:
         """``adjust`` is accepted for the common signature: this loss makes no pseudo-labels."""
         cls = classification_loss(_check_labels(out, labels), labels)
         return _result(cls, cls, cls.new_zeros(()))
