@@ -277,7 +277,7 @@ def test_validate_names_unknown_top_level_keys():
     cfg["zz"] = {}
     cfg["aa"] = 1
     with pytest.raises(ParamsError, match=exactly(
-            "params: unknown key 'aa' (allowed in '<top level>': crf, data, eval, infer, model, plugins, train)")):
+            "params: unknown key 'aa' (allowed in '<top level>': crf, data, eval, infer, model, plugins, pseudo, retrain, train)")):
         config.validate(cfg)
 
 
@@ -413,7 +413,7 @@ def test_resolve_leaves_its_input_alone():
 def test_resolve_errors_name_the_origin_and_the_key():
     raw = config.load_raw([PARAMS])
     with pytest.raises(ParamsError, match=exactly(
-            "params: unknown top-level key 'aaa' (allowed: data, model, train, infer, crf, eval, plugins, presets)")):
+            "params: unknown top-level key 'aaa' (allowed: data, model, train, infer, crf, eval, pseudo, retrain, plugins, presets)")):
         config.resolve({**raw, "zzz": 1, "aaa": 2})
     without = {k: v for k, v in raw.items() if k != "infer"}
     with pytest.raises(ParamsError, match=exactly("mine: missing section 'infer'")):
@@ -442,9 +442,9 @@ def test_every_preset_is_validated_under_its_own_name(tmp_path):
     ("voc", "model", {"backbone": "wr38", "psi": 0.5},
      "key 'model.psi' is set both in section 'model' and in presets.voc.model: keep it in one place"),
     ("toy", "crf", {"iters": 3}, "key 'crf.iters' is set both in section 'crf' and in presets.toy.crf: keep it in one place"),
-    ("coco", "foo", {"a": 1}, "presets.coco: 'foo' is not a section (data, model, train, infer, crf, eval, plugins)"),
-    ("toy", "foo", {"a": 1}, "presets.toy: 'foo' is not a section (data, model, train, infer, crf, eval, plugins)"),
-    ("toy", "eval", 5, "presets.toy: 'eval' is not a section (data, model, train, infer, crf, eval, plugins)"),
+    ("coco", "foo", {"a": 1}, "presets.coco: 'foo' is not a section (data, model, train, infer, crf, eval, pseudo, retrain, plugins)"),
+    ("toy", "foo", {"a": 1}, "presets.toy: 'foo' is not a section (data, model, train, infer, crf, eval, pseudo, retrain, plugins)"),
+    ("toy", "eval", 5, "presets.toy: 'eval' is not a section (data, model, train, infer, crf, eval, pseudo, retrain, plugins)"),
 ])
 def test_a_preset_must_hold_mappings_of_new_keys_per_section(tmp_path, preset, section, value, message):
     def edit(tree):

@@ -20,7 +20,11 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ["prepare", "pretrain", "train", "infer", "crf", "evaluate"]
+SINGLE_STAGE = ["prepare", "pretrain", "train", "infer", "crf", "evaluate"]  # results/toy_val_miou.csv
+TWO_STAGE = ["pseudo", "evaluate_pseudo", "retrain", "infer_stage2", "crf_stage2", "evaluate_stage2"]
+STAGES = [*SINGLE_STAGE, *TWO_STAGE]
+# the single-stage result, the two-stage one, the pseudo-masks' score
+TARGETS = ["results/toy_val_miou.csv", "results/toy_val_miou_stage2.csv", "results/toy_train_aug_pseudo_miou.csv"]
 
 # A reduced configuration: the same DAG and code paths, sized for seconds per stage.
 REDUCED = {
@@ -28,6 +32,7 @@ REDUCED = {
     "presets.toy.train.batch_size": 8, "presets.toy.train.crop_size": 64,
     "presets.toy.train.epochs": 2, "presets.toy.train.cls_epochs": 1,
     "infer.scales": [1.0, 0.5], "presets.toy.train.workers": 0, "crf.workers": 2,
+    "presets.toy.retrain.iterations": 6, "presets.toy.retrain.batch_size": 8, "presets.toy.retrain.crop_size": 64,
 }
 
 
@@ -83,9 +88,9 @@ def make_copy(dest: Path, reduced: bool = True) -> Path:
 
 # ---------------------------------------------------------------- the graphs agree
 
-def snakemake_graph(cwd: Path, target: str) -> dict[str, dict[str, set[str]]]:
+def snakemake_graph(cwd: Path, *targets: str) -> dict[str, dict[str, set[str]]]:
     """Each rule's inputs and outputs, from a forced dry run (every job is listed with its files)."""
-    out = sh([str(BIN / "snakemake"), "-n", "--forceall", "--cores", "1", target], cwd).stdout
+    out = sh([str(BIN / "snakemake"), "-n", "--forceall", "--cores", "1", *targets], cwd).stdout
     graph: dict[str, dict[str, set[str]]] = {}
     rule = None
     for line in out.splitlines():
@@ -126,7 +131,7 @@ def dvc_graph(cwd: Path) -> dict[str, dict[str, set[str]]]:
 
 def test_snakemake_and_dvc_have_the_same_stages_inputs_and_outputs(tmp_path):
     repo = make_copy(tmp_path, reduced=False)
-    snake = snakemake_graph(repo, "results/toy_val_miou.csv")
+    snake = snakemake_graph(repo, *TARGETS)
     dvc = dvc_graph(repo)
     assert set(snake) == set(dvc) == set(STAGES)
     for stage in STAGES:
@@ -146,8 +151,8 @@ def test_dvc_params_match_the_declared_stage_params():
 
 # ---------------------------------------------------------------- end to end
 
-def jobs_planned(cwd: Path, target: str) -> set[str]:
-    out = sh([str(BIN / "snakemake"), "-n", "--cores", "1", target], cwd).stdout
+def jobs_planned(cwd: Path, *targets: str) -> set[str]:
+    out = sh([str(BIN / "snakemake"), "-n", "--cores", "1", *targets], cwd).stdout
     if "Nothing to be done" in out:
         return set()
     return {m for m in re.findall(r"^rule (\w+):", out, flags=re.M)}
@@ -161,7 +166,7 @@ def dvc_stale(cwd: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def snakemake_run(tmp_path_factory):
     repo = make_copy(tmp_path_factory.mktemp("snake"))
-    sh([str(BIN / "snakemake"), "--cores", "2", "results/toy_val_miou.csv"], repo)
+    sh([str(BIN / "snakemake"), "--cores", "2", *TARGETS], repo)
     return repo
 
 
@@ -174,23 +179,30 @@ def test_snakemake_runs_the_whole_dag(snakemake_run):
     assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["miou_crf"] <= 1.0
     assert metrics["images"] == REDUCED["data.toy.n_val"]
     assert (snakemake_run / "results" / "toy" / "train_log.tsv").read_text().startswith("stage\t")
-    assert jobs_planned(snakemake_run, "results/toy_val_miou.csv") == set()
+    pseudo = json.loads((snakemake_run / "results" / "metrics" / "toy_train_aug_pseudo.json").read_text())
+    assert 0.0 <= pseudo["miou_crf"] <= 1.0 and pseudo["images"] == REDUCED["data.toy.n_train"]
+    stage2 = json.loads((snakemake_run / "results" / "metrics" / "toy_val_stage2.json").read_text())
+    assert 0.0 <= stage2["miou_crf"] <= 1.0 and stage2["images"] == REDUCED["data.toy.n_val"]
+    assert jobs_planned(snakemake_run, *TARGETS) == set()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key,value,expected", [
-    ("crf.bi_sxy", 50, {"crf", "evaluate"}),
+    # a crf.* change re-runs the pseudo-masks and everything after them, and nothing before
+    ("crf.bi_sxy", 50, {"crf", "evaluate", *TWO_STAGE}),
     ("infer.fp_cut", 0.2, {"infer", "crf", "evaluate"}),
-    ("model.fca", False, {"pretrain", "train", "infer", "crf", "evaluate"}),
-    ("presets.toy.train.pseudo_floor", 0.3, {"train", "infer", "crf", "evaluate"}),
-    ("plugins.rtc.enabled", True, {"pretrain", "train", "infer", "crf", "evaluate"}),
+    ("model.fca", False, set(STAGES) - {"prepare"}),
+    ("presets.toy.train.pseudo_floor", 0.3, set(STAGES) - {"prepare", "pretrain"}),
+    ("plugins.rtc.enabled", True, set(STAGES) - {"prepare"}),
+    ("pseudo.score_split", "train_aug", {"evaluate_pseudo"}),
+    ("presets.toy.retrain.lr", 0.02, {"retrain", "infer_stage2", "crf_stage2", "evaluate_stage2"}),
 ])
 def test_snakemake_reruns_only_what_a_param_change_touches(snakemake_run, key, value, expected):
     params = snakemake_run / "params.yaml"
     before = params.read_text()
     try:
         set_param(params, key, value)
-        assert jobs_planned(snakemake_run, "results/toy_val_miou.csv") == expected
+        assert jobs_planned(snakemake_run, *TARGETS) == expected
     finally:
         params.write_text(before)
 
@@ -201,7 +213,7 @@ def test_snakemake_configfile_overlay_is_an_ablation(snakemake_run, tmp_path):
     overlay.write_text("model:\n  fca: false\n")
     out = sh([str(BIN / "snakemake"), "-n", "-p", "--cores", "1", "results/toy_val_miou.csv",
               "--configfile", str(overlay)], snakemake_run).stdout
-    assert set(re.findall(r"^rule (\w+):", out, flags=re.M)) == set(STAGES) - {"prepare"}
+    assert set(re.findall(r"^rule (\w+):", out, flags=re.M)) == set(SINGLE_STAGE) - {"prepare"}
     assert "wsss train -S data.name=toy" in out  # the same command: the overlay reaches the stages via WSSS_PARAMS
 
 
@@ -211,7 +223,7 @@ def test_replace_workflow_config_keeps_params_yaml_as_the_base(tmp_path):
     small.write_text("model:\n  fca: false\n")  # a partial overlay
     proc = sh([str(BIN / "snakemake"), "-n", "--cores", "2", "results/toy_val_miou.csv", "--replace-workflow-config",
                "--configfile", "small.yaml"], repo)
-    assert set(re.findall(r"^rule (\w+):", proc.stdout, flags=re.M)) == set(STAGES)
+    assert set(re.findall(r"^rule (\w+):", proc.stdout, flags=re.M)) == set(SINGLE_STAGE)
     assert "params.yaml stays the base, overlaid by" in proc.stderr and proc.stderr.strip().endswith("small.yaml")
 
 
@@ -242,10 +254,10 @@ def test_dvc_repro_runs_the_whole_dag_and_is_then_clean(dvc_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key,value,changed,ran", [
-    ("crf.bi_sxy", 50, {"crf"}, {"crf", "evaluate"}),
-    ("infer.fp_cut", 0.2, {"infer"}, {"infer", "crf", "evaluate"}),
+    ("crf.bi_sxy", 50, {"crf", "pseudo", "crf_stage2"}, {"crf", "evaluate", *TWO_STAGE}),
+    ("infer.fp_cut", 0.2, {"infer"}, {"infer", "crf", "evaluate"}),  # not the pseudo-masks: their classes are the image labels
     # the whole re-run from pretrain is what test_dvc_exp_run_ablation_and_exp_show runs
-    ("model.fca", False, {"pretrain", "train", "infer"}, None),
+    ("model.fca", False, {"pretrain", "train", "infer", "pseudo"}, None),
     ("plugins.fbr.enabled", True, {"pretrain", "train"}, None),
 ])
 def test_dvc_reruns_only_what_a_param_change_touches(dvc_run, key, value, changed, ran):

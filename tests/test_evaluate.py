@@ -128,7 +128,7 @@ def test_evaluate_stage_writes_table_metrics_and_figure(tmp_path, monkeypatch):
     cfg = config.load([REPO / "params.yaml"])
     n = config.num_classes(cfg)
     pairs = _tree(tmp_path, [f"img{i}" for i in range(5)], n, np.random.default_rng(1))
-    evaluate.run(cfg, SimpleNamespace(results="results"))
+    evaluate.run(cfg, SimpleNamespace(results="results", stage2=False, pseudo=False))
     table = pd.read_csv(tmp_path / "results" / "toy_val_miou.csv")
     metrics = json.loads((tmp_path / "results" / "metrics" / "toy_val.json").read_text())
     expected = scores(sum(confusion(g, p, n) for g, p in pairs.values()))
@@ -146,7 +146,7 @@ def test_evaluate_names_a_missing_prediction(tmp_path, monkeypatch):
     _tree(tmp_path, ["a", "b"], config.num_classes(cfg), np.random.default_rng(2))
     (tmp_path / "results" / "toy" / "val" / "crf" / "masks" / "b.png").unlink()
     with pytest.raises(Exception, match=r"crf/masks/b.png"):
-        evaluate.run(cfg, SimpleNamespace(results="results"))
+        evaluate.run(cfg, SimpleNamespace(results="results", stage2=False, pseudo=False))
     assert not (tmp_path / "results" / "toy_val_miou.csv").exists()
 
 
@@ -321,7 +321,7 @@ def test_evaluate_stage_outputs_by_hand(tmp_path, monkeypatch, capsys):
     set_title = matplotlib.axes.Axes.set_title
     monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
                         lambda self, label, *a, **k: (titles.append(label), set_title(self, label, *a, **k))[1])
-    evaluate.run(cfg, SimpleNamespace(results="out"))
+    evaluate.run(cfg, SimpleNamespace(results="out", stage2=False, pseudo=False))
     assert (tmp_path / "out" / "toy_val_miou.csv").read_text() == HAND_CSV
     metrics = json.loads((tmp_path / "out" / "metrics" / "toy_val.json").read_text())
     assert metrics == {
@@ -342,7 +342,7 @@ def test_evaluate_numbers_the_classes_when_the_manifest_has_the_wrong_count(tmp_
     monkeypatch.chdir(tmp_path)
     cfg = _hand_cfg()
     _hand_tree(tmp_path, cfg, ["background", "disc"])
-    evaluate.run(cfg, SimpleNamespace(results="out"))
+    evaluate.run(cfg, SimpleNamespace(results="out", stage2=False, pseudo=False))
     table = pd.read_csv(tmp_path / "out" / "toy_val_miou.csv")
     assert list(table["class"]) == ["class_0", "class_1", "class_2", "class_3", "mean"]
 
@@ -358,4 +358,4 @@ def test_evaluate_names_a_missing_mask_folder(tmp_path, monkeypatch, stage):
     missing = Path("out") / "toy" / "val" / stage / "masks"
     message = f"{stage} output missing: {missing}; run `wsss {stage}` first"
     with pytest.raises(WsssError, match=f"^{re.escape(message)}$"):
-        evaluate.run(cfg, SimpleNamespace(results="out"))
+        evaluate.run(cfg, SimpleNamespace(results="out", stage2=False, pseudo=False))

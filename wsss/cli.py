@@ -18,6 +18,9 @@ STAGES = {
     "infer": ("wsss.stages.infer", "multi-scale + flip inference on the evaluation split"),
     "crf": ("wsss.stages.crf", "dense-CRF refinement of the inferred masks, parallel over images"),
     "evaluate": ("wsss.stages.evaluate", "confusion matrix, per-class IoU, mIoU and pixel accuracy, raw and CRF"),
+    "pseudo": ("wsss.stages.pseudo", "pseudo-masks of the training split (multi-scale + flip, image-level labels, CRF) "
+                                     "for a second, fully supervised stage, scored where ground truth exists"),
+    "retrain": ("wsss.stages.retrain", "the second stage: torchvision's DeepLabV3 trained on the pseudo-masks"),
     "benchmark-report": ("wsss.benchmark.report", "the ablation benchmark's table, orderings, figures and examples "
                                                   "(run by the results/benchmark/report.md target)"),
     "benchmark-probes": ("wsss.benchmark.probes", "the benchmark's diagnostic inference modes beside the main ones "
@@ -39,9 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
         if name not in ("prepare", "model-info", "benchmark-report", "benchmark-probes"):
             p.add_argument("--results", default="results", metavar="DIR",
                            help="root of this stage's inputs and outputs from earlier stages (default: results)")
-        if name == "infer":
+        if name in ("infer", "crf", "evaluate"):
+            which = p.add_mutually_exclusive_group() if name == "evaluate" else p
+            which.add_argument("--stage2", action="store_true",
+                               help="the second stage: the network `wsss retrain` trained (results/<dataset>/stage2/...)")
+            if name == "evaluate":
+                which.add_argument("--pseudo", action="store_true",
+                                   help="score the pseudo-masks of `wsss pseudo` on pseudo.score_split instead")
+        if name in ("infer", "pseudo"):
             p.add_argument("--checkpoint", default=None, metavar="PATH",
-                           help="the model to run (default: <results>/<dataset>/train.pt); e.g. a `wsss supervise` checkpoint")
+                           help="the model to run (default: <results>/<dataset>/train.pt, with --stage2 retrain.pt); "
+                                "e.g. a `wsss supervise` checkpoint")
         if name in ("benchmark-report", "benchmark-probes"):
             p.add_argument("--design", default="workflow/benchmark.yaml", metavar="PATH", help="the benchmark design file")
             p.add_argument("--runs", default="results/benchmark/runs", metavar="DIR", help="where the runs are")

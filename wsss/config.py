@@ -22,7 +22,7 @@ from wsss.errors import WsssError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
-SECTIONS = ("data", "model", "train", "infer", "crf", "eval", "plugins")
+SECTIONS = ("data", "model", "train", "infer", "crf", "eval", "pseudo", "retrain", "plugins")
 NUM_CLASSES = {"voc": 21, "coco": 81}
 
 

@@ -12,6 +12,8 @@ class StagePaths:
     split: str
     data_root: Path = Path("data")
     results: Path = Path("results")
+    train_split: str = "train_aug"
+    stage2: bool = False  # the second stage's inference, CRF and evaluation (the network `wsss retrain` trained)
 
     @property
     def data(self) -> Path:
@@ -36,31 +38,62 @@ class StagePaths:
         return self.run / f"{stage}.yaml"
 
     @property
+    def _eval_dir(self) -> Path:
+        return self.run / "stage2" / self.split if self.stage2 else self.run / self.split
+
+    @property
+    def _suffix(self) -> str:
+        return "_stage2" if self.stage2 else ""
+
+    @property
     def infer(self) -> Path:
-        return self.run / self.split / "infer"
+        return self._eval_dir / "infer"
 
     @property
     def crf(self) -> Path:
-        return self.run / self.split / "crf"
+        return self._eval_dir / "crf"
 
     @property
     def miou_csv(self) -> Path:
-        return self.results / f"{self.dataset}_{self.split}_miou.csv"
+        return self.results / f"{self.dataset}_{self.split}_miou{self._suffix}.csv"
 
     @property
     def metrics_json(self) -> Path:
-        return self.results / "metrics" / f"{self.dataset}_{self.split}.json"
+        return self.results / "metrics" / f"{self.dataset}_{self.split}{self._suffix}.json"
 
     @property
     def eval_config(self) -> Path:
-        return self.run / self.split / "evaluate.yaml"
+        return self._eval_dir / "evaluate.yaml"
 
     @property
     def iou_figure(self) -> Path:
-        return self.results / f"{self.dataset}_{self.split}_iou.png"
+        return self.results / f"{self.dataset}_{self.split}_iou{self._suffix}.png"
+
+    @property
+    def pseudo(self) -> Path:
+        """The training split's pseudo-masks (``wsss pseudo``)."""
+        return self.run / self.train_split / "pseudo"
+
+    @property
+    def pseudo_csv(self) -> Path:
+        return self.results / f"{self.dataset}_{self.train_split}_pseudo_miou.csv"
+
+    @property
+    def pseudo_metrics_json(self) -> Path:
+        return self.results / "metrics" / f"{self.dataset}_{self.train_split}_pseudo.json"
+
+    @property
+    def pseudo_iou_figure(self) -> Path:
+        return self.results / f"{self.dataset}_{self.train_split}_pseudo_iou.png"
+
+    @property
+    def pseudo_eval_config(self) -> Path:
+        return self.run / self.train_split / "evaluate_pseudo.yaml"
 
 
-def for_config(cfg: dict, results: str | Path | None = None) -> StagePaths:
-    """The paths for ``cfg``; ``results`` (the stage CLIs' ``--results``) moves every output under another root."""
+def for_config(cfg: dict, results: str | Path | None = None, stage2: bool = False) -> StagePaths:
+    """The paths for ``cfg``; ``results`` (the stage CLIs' ``--results``) moves every output under another root;
+    ``stage2``: infer, crf and evaluate of the second stage (``--stage2``)."""
     return StagePaths(dataset=cfg["data"]["name"], split=cfg["data"]["eval_split"], data_root=Path(cfg["data"]["root"]),
-                      results=Path(results) if results is not None else Path("results"))
+                      results=Path(results) if results is not None else Path("results"),
+                      train_split=cfg["data"]["train_split"], stage2=stage2)

@@ -80,12 +80,13 @@ class VOCSegmentation(Dataset):
     ``mask`` (int64 HxW, 255 = ignore), ``labels`` (float32 multi-hot over the num_classes-1
     foreground classes, from the whole un-augmented mask) and ``name``. ``transform`` takes and
     returns a (PIL image, PIL mask) pair; without one the full image is returned. ``mask_dir``: the
-    folder of masks under ``root`` (``SegmentationClassAug`` for VOC's training masks, SBD first).
+    folder of masks under ``root`` (``SegmentationClassAug`` for VOC's training masks, SBD first), or
+    a folder anywhere (a ``Path``: the second stage's pseudo-masks).
     """
 
     def __init__(self, root: str | Path, split: str, num_classes: int,
                  transform: Callable[[Image.Image, Image.Image], tuple[Image.Image, Image.Image]] | None = None,
-                 mask_dir: str = "SegmentationClass"):
+                 mask_dir: str | Path = "SegmentationClass"):
         self.root = Path(root)
         self.mask_dir = mask_dir
         self.split = split
@@ -101,7 +102,8 @@ class VOCSegmentation(Dataset):
         return self.root / "JPEGImages" / f"{name}.jpg"
 
     def mask_path(self, name: str) -> Path:
-        return self.root / self.mask_dir / f"{name}.png"
+        folder = self.mask_dir if isinstance(self.mask_dir, Path) else self.root / self.mask_dir
+        return folder / f"{name}.png"
 
     def __len__(self) -> int:
         return len(self.names)

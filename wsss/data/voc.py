@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -179,6 +180,23 @@ def sbd_mask(mat_path: Path) -> np.ndarray:
 
 
 AUG_MASKS = "SegmentationClassAug"  # the training masks of train_aug (SBD first), beside SegmentationClass
+
+
+def training_mask_dir(cfg: dict, root: Path) -> str:
+    """The folder under ``root`` whose masks give the training split's image-level labels.
+
+    ``SegmentationClassAug`` for ``train_aug`` where prepare made it: VOC's training masks as the
+    public SSSS / WS-FCN list ``train_augvoc.txt`` takes them (SBD first); else ``SegmentationClass``
+    (with a note for VOC, whose labels then differ from the public code's for some images).
+    """
+    if cfg["data"]["train_split"] == "train_aug":
+        if (root / AUG_MASKS).is_dir():
+            return AUG_MASKS
+        if cfg["data"]["name"] == "voc":
+            print(f"note: {root / AUG_MASKS} is missing, so the image-level labels come from {root / 'SegmentationClass'} "
+                  "(VOC's masks first, not the public code's SBD-first list); re-run `wsss prepare` to make it",
+                  file=sys.stderr)
+    return "SegmentationClass"
 
 
 def _assemble(voc: Path, sbd: Path, out_dir: Path, progress: bool) -> dict[str, list[str]]:

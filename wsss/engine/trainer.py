@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from wsss import config as params, provenance
 from wsss.data.dataset import VOCSegmentation
 from wsss.data.transforms import TrainTransform
-from wsss.data.voc import AUG_MASKS
+from wsss.data.voc import training_mask_dir
 from wsss.data.weights import fetch_weights
 from wsss.engine import checkpoint, device as devices
 from wsss.errors import WsssError
@@ -62,17 +61,8 @@ def phase_for(stage: str, cfg: dict, paths: StagePaths) -> Phase:
 def _dataset(cfg: dict) -> VOCSegmentation:
     """The training split, checked once (every listed file exists) for the whole run."""
     root = for_config(cfg).data
-    # VOC's train_aug masks as the public code's list takes them (SBD first), where prepare made them.
-    mask_dir = "SegmentationClass"
-    if cfg["data"]["train_split"] == "train_aug":
-        if (root / AUG_MASKS).is_dir():
-            mask_dir = AUG_MASKS
-        elif cfg["data"]["name"] == "voc":
-            print(f"note: {root / AUG_MASKS} is missing, so the image-level labels come from {root / mask_dir} "
-                  "(VOC's masks first, not the public code's SBD-first list); re-run `wsss prepare` to make it",
-                  file=sys.stderr)
     dataset = VOCSegmentation(root, cfg["data"]["train_split"], params.num_classes(cfg),
-                              transform=TrainTransform.from_config(cfg), mask_dir=mask_dir)
+                              transform=TrainTransform.from_config(cfg), mask_dir=training_mask_dir(cfg, root))
     if len(dataset) < cfg["train"]["batch_size"]:
         raise WsssError(f"split '{cfg['data']['train_split']}' of {root} has {len(dataset)} images, fewer than "
                         f"train.batch_size={cfg['train']['batch_size']}")

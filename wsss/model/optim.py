@@ -8,8 +8,8 @@ from torch import nn
 GROUP_NAMES = ("pretrained_weights", "pretrained_biases", "new_weights", "new_biases")
 
 
-def param_groups(model: nn.Module, cfg: dict, extra: nn.Module | None = None) -> list[dict]:
-    """Four SGD parameter groups, in the order of ``train.lr_mults``:
+def param_groups(model: nn.Module, cfg: dict, extra: nn.Module | None = None, section: str = "train") -> list[dict]:
+    """Four SGD parameter groups, in the order of ``<section>.lr_mults`` (``train``; ``retrain`` for the second stage):
     pretrained weights, pretrained biases, new weights, new biases.
 
     "Pretrained" means a backbone parameter (``model.pretrained_parameter_names()``), "bias" a
@@ -18,7 +18,7 @@ def param_groups(model: nn.Module, cfg: dict, extra: nn.Module | None = None) ->
     Frozen parameters (``requires_grad`` false) are left out. Groups may be empty. ``extra``: more
     trainable modules (training plug-ins' heads), whose parameters are new layers, after the model's.
     """
-    train = cfg["train"]
+    train = cfg[section]
     lr, wd, mults = float(train["lr"]), float(train["weight_decay"]), train["lr_mults"]
     pretrained = model.pretrained_parameter_names()
     buckets: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
@@ -43,7 +43,8 @@ def param_groups(model: nn.Module, cfg: dict, extra: nn.Module | None = None) ->
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: dict, extra: nn.Module | None = None) -> torch.optim.SGD:
-    """SGD with momentum ``train.momentum`` and base LR ``train.lr`` over ``param_groups``."""
-    train = cfg["train"]
-    return torch.optim.SGD(param_groups(model, cfg, extra), lr=float(train["lr"]), momentum=float(train["momentum"]))
+def build_optimizer(model: nn.Module, cfg: dict, extra: nn.Module | None = None, section: str = "train") -> torch.optim.SGD:
+    """SGD with momentum ``<section>.momentum`` and base LR ``<section>.lr`` over ``param_groups``."""
+    train = cfg[section]
+    return torch.optim.SGD(param_groups(model, cfg, extra, section), lr=float(train["lr"]),
+                           momentum=float(train["momentum"]))

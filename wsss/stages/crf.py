@@ -80,19 +80,21 @@ def _one(name: str, image_dir: Path, probs_dir: Path, out_dir: Path, crf: dict, 
 
 
 def run(cfg: dict, args) -> None:
-    paths = for_config(cfg, args.results)
+    paths = for_config(cfg, args.results, stage2=args.stage2)
     probs_dir = paths.infer / "probs"
     if not probs_dir.is_dir():
-        raise WsssError(f"inference output missing: {probs_dir}; run `wsss infer` first")
+        raise WsssError(f"inference output missing: {probs_dir}; run `wsss infer{' --stage2' if args.stage2 else ''}` first")
     provenance.check_dataset(paths.data, cfg)
-    provenance.check_stage_dir(paths.infer, cfg, "infer")
+    provenance.check_stage_dir(paths.infer, cfg, "infer_stage2" if args.stage2 else "infer")
+    # crf.background is the weak network's background rule; the second stage's softmax has a background of its own
+    crf_cfg = {**cfg["crf"], "background": "probs"} if args.stage2 else cfg["crf"]
     names = sorted(p.stem for p in probs_dir.glob("*.npz"))
     if not names:
         raise WsssError(f"no probability files in {probs_dir}")
     workers = cfg["crf"]["workers"] or os.cpu_count() or 1
     with atomic_path(paths.crf, directory=True) as tmp:
         (tmp / "masks").mkdir()
-        job = partial(_one, image_dir=paths.data / "JPEGImages", probs_dir=probs_dir, out_dir=tmp / "masks", crf=cfg["crf"],
+        job = partial(_one, image_dir=paths.data / "JPEGImages", probs_dir=probs_dir, out_dir=tmp / "masks", crf=crf_cfg,
                       num_classes=params.num_classes(cfg))
         bar = tqdm(total=len(names), desc="crf", unit="img", dynamic_ncols=True)
         if workers == 1:

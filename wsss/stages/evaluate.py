@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from wsss import config as params, provenance
-from wsss.data.dataset import read_split
+from wsss.data.dataset import read_split, split_path
 from wsss.data.palette import load_mask
 from wsss.errors import WsssError
 from wsss.figures import iou_figure
@@ -70,30 +70,61 @@ def table(names: list[str], raw: dict, crf: dict) -> pd.DataFrame:
     return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
 
 
+def pseudo_score_names(cfg: dict, data_dir: Path) -> list[str]:
+    """The images of ``pseudo.score_split``, every one in the training split (else an error naming the key)."""
+    split = cfg["pseudo"]["score_split"]
+    if not split_path(data_dir, split).is_file():
+        raise WsssError(f"key 'pseudo.score_split': split '{split}' has no list {split_path(data_dir, split)}")
+    names = read_split(data_dir, split)
+    outside = sorted(set(names) - set(read_split(data_dir, cfg["data"]["train_split"])))
+    if outside:
+        raise WsssError(f"key 'pseudo.score_split': {len(outside)} images of split '{split}' are not in the training "
+                        f"split '{cfg['data']['train_split']}' (the first: {outside[0]})")
+    return names
+
+
 def run(cfg: dict, args) -> None:
-    paths = for_config(cfg, args.results)
-    split = cfg["data"]["eval_split"]
-    n = params.num_classes(cfg)
-    ignore, absent = cfg["eval"]["ignore_index"], cfg["eval"]["absent_class"]
+    paths = for_config(cfg, args.results, stage2=args.stage2)
     provenance.check_dataset(paths.data, cfg)
+    if args.pseudo:
+        if not (paths.pseudo / "masks").is_dir():
+            raise WsssError(f"pseudo output missing: {paths.pseudo / 'masks'}; run `wsss pseudo` first")
+        provenance.check_stage_dir(paths.pseudo, cfg, "pseudo")
+        names = pseudo_score_names(cfg, paths.data)
+        what = f"{cfg['data']['train_split']} pseudo-masks of '{cfg['pseudo']['score_split']}'"
+        score(cfg, paths.data, names, [paths.pseudo / "masks_raw", paths.pseudo / "masks"], paths.pseudo_csv,
+              paths.pseudo_metrics_json, paths.pseudo_iou_figure, f"{cfg['data']['name']} {what}: per-class IoU")
+        write_yaml(paths.pseudo_eval_config, cfg)
+        return
+    suffix = "_stage2" if args.stage2 else ""
     for stage, out_dir in (("infer", paths.infer), ("crf", paths.crf)):
         if not (out_dir / "masks").is_dir():
-            raise WsssError(f"{stage} output missing: {out_dir / 'masks'}; run `wsss {stage}` first")
-        provenance.check_stage_dir(out_dir, cfg, stage)
-    names = read_split(paths.data, split)
-    gt_dir = paths.data / "SegmentationClass"
-    conf_raw, conf_crf = accumulate(names, gt_dir, [paths.infer / "masks", paths.crf / "masks"], n, ignore)
+            raise WsssError(f"{stage} output missing: {out_dir / 'masks'}; run `wsss {stage}{' --stage2' if args.stage2 else ''}` first")
+        provenance.check_stage_dir(out_dir, cfg, stage + suffix)
+    names = read_split(paths.data, cfg["data"]["eval_split"])
+    title = f"{cfg['data']['name']} {cfg['data']['eval_split']}: per-class IoU{' (second stage)' if args.stage2 else ''}"
+    score(cfg, paths.data, names, [paths.infer / "masks", paths.crf / "masks"], paths.miou_csv, paths.metrics_json,
+          paths.iou_figure, title)
+    write_yaml(paths.eval_config, cfg)
+
+
+def score(cfg: dict, data_dir: Path, names: list[str], pred_dirs: list[Path], csv_path: Path, metrics_path: Path,
+          figure_path: Path, title: str) -> None:
+    """Two mask folders (without, with the CRF) against ``SegmentationClass`` over ``names``: the per-class
+    table (IoU, precision, recall), the DVC metrics and the figure."""
+    n = params.num_classes(cfg)
+    ignore, absent = cfg["eval"]["ignore_index"], cfg["eval"]["absent_class"]
+    conf_raw, conf_crf = accumulate(names, data_dir / "SegmentationClass", pred_dirs, n, ignore)
     raw, crf = scores(conf_raw, absent), scores(conf_crf, absent)
-    df = table(class_names(paths.data, n), raw, crf)
-    with atomic_path(paths.miou_csv) as tmp:
+    df = table(class_names(data_dir, n), raw, crf)
+    with atomic_path(csv_path) as tmp:
         df.to_csv(tmp, index=False, float_format="%.6f")
     metrics = {
         "miou": raw["miou"], "miou_crf": crf["miou"], "miou_fg": raw["miou_fg"], "miou_fg_crf": crf["miou_fg"],
         "pixel_acc": raw["pixel_acc"], "pixel_acc_crf": crf["pixel_acc"],
         "images": len(names),
     }
-    write_json(paths.metrics_json, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
-    iou_figure(df, conf_crf, f"{cfg['data']['name']} {split}: per-class IoU", paths.iou_figure)
-    write_yaml(paths.eval_config, cfg)
+    write_json(metrics_path, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()})
+    iou_figure(df, conf_crf, title, figure_path)
     print(f"evaluate: {len(names)} images, mIoU {raw['miou']:.4f}, with CRF {crf['miou']:.4f}, "
-          f"pixel acc {raw['pixel_acc']:.4f} / {crf['pixel_acc']:.4f} -> {paths.miou_csv}")
+          f"pixel acc {raw['pixel_acc']:.4f} / {crf['pixel_acc']:.4f} -> {csv_path}")

@@ -88,7 +88,8 @@ def predict(model: torch.nn.Module, image: Image.Image, scales: list[float], fli
 
     Returns the masks ``(C, H, W)`` averaged over the views (float32; for the single-stage network
     each view's masks sum to 1 over C, the CAM baseline's need not) and the class presence scores
-    ``(C-1,)``: the max over views of sigmoid(class score).
+    ``(C-1,)``: the max over views of sigmoid(class score); None for a network without class scores
+    (the second stage's, whose masks are its softmax).
     Views of one size run together, at most ``chunk`` per forward pass; the result does not depend
     on ``chunk`` or on the order of ``scales``. Raises ValueError when a view exceeds ``pad_size``.
     """
@@ -112,8 +113,9 @@ def predict(model: torch.nn.Module, image: Image.Image, scales: list[float], fli
                 m = F.interpolate(masks[i:i + 1, :, top:top + h, left:left + w], size=(height, width),
                                   mode="bilinear", align_corners=False)[0]
                 per_view[key] = m.flip(-1) if key[1] else m
-            probs = torch.sigmoid(out["cls"].float()).amax(0)
-            presence = probs if presence is None else torch.maximum(presence, probs)
+            if "cls" in out:  # a fully supervised network (the second stage's) has no class scores
+                probs = torch.sigmoid(out["cls"].float()).amax(0)
+                presence = probs if presence is None else torch.maximum(presence, probs)
     # A fixed summation order (sorted views), the same for every chunk and every order of scales; a
     # view listed twice (a repeated scale) counts twice, as in the public loader.
     mask_sum = sum(per_view[key] * plan.count(key) for key in sorted(per_view))
@@ -187,14 +189,30 @@ def load_model(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Modul
     return model.to(dev).eval(), describe_checkpoint(path, state)
 
 
+def load_segmenter(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Module, dict]:
+    """The second stage's network in ``path`` (a `wsss retrain` checkpoint made under the current params),
+    in eval mode on ``dev``, and ``describe_checkpoint``'s record of it."""
+    from wsss.model.segmenter import build_segmenter
+
+    state = checkpoint.load(path)
+    checkpoint.check_made_by(state, cfg, path, "retrain")
+    model = build_segmenter(cfg, load_weights=False)
+    model.load_state_dict(state["model"])
+    return model.to(dev).eval(), describe_checkpoint(path, state)
+
+
 def run(cfg: dict, args) -> None:
-    paths = for_config(cfg, args.results)
+    stage2 = args.stage2
+    paths = for_config(cfg, args.results, stage2=stage2)
     icfg = cfg["infer"]
     dev = devices.resolve(icfg["device"])
     provenance.check_dataset(paths.data, cfg)
     dataset = VOCSegmentation(paths.data, cfg["data"]["eval_split"], params.num_classes(cfg))
     check_canvas(dataset, icfg)
-    model, source = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
+    if stage2:
+        model, source = load_segmenter(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("retrain"))
+    else:
+        model, source = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
     with atomic_path(paths.infer, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "probs").mkdir()
@@ -203,16 +221,20 @@ def run(cfg: dict, args) -> None:
             name = dataset.names[i]
             image, mask = dataset.load(i)  # one decode of each file, the mask checked
             masks, scores = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev)
-            if icfg["presence"] == "gt":
-                present = torch.from_numpy(labels_from_mask(mask, dataset.num_classes)).to(dev) > 0
+            if stage2:  # every class, the background the network's own: its averaged softmax
+                ids, probs = np.arange(dataset.num_classes, dtype=np.uint8), masks.cpu().numpy()
             else:
-                present = scores > icfg["fp_cut"]
-            ids, probs = combine(masks, present, icfg)
+                if icfg["presence"] == "gt":
+                    present = torch.from_numpy(labels_from_mask(mask, dataset.num_classes)).to(dev) > 0
+                else:
+                    present = scores > icfg["fp_cut"]
+                ids, probs = combine(masks, present, icfg)
+                score_rows.append(name + "\t" + "\t".join(f"{v:.4f}" for v in scores.tolist()))
             save_mask(ids[probs.argmax(0)], tmp / "masks" / f"{name}.png")
             np.savez_compressed(tmp / "probs" / f"{name}.npz", classes=ids, probs=probs.astype(np.float16))
-            score_rows.append(name + "\t" + "\t".join(f"{v:.4f}" for v in scores.tolist()))
-        header = "name\t" + "\t".join(f"c{c}" for c in range(1, params.num_classes(cfg)))
-        (tmp / "scores.tsv").write_text(header + "\n" + "\n".join(score_rows) + "\n")
+        if not stage2:
+            header = "name\t" + "\t".join(f"c{c}" for c in range(1, params.num_classes(cfg)))
+            (tmp / "scores.tsv").write_text(header + "\n" + "\n".join(score_rows) + "\n")
         write_yaml(tmp / "config.yaml", cfg)
         write_yaml(tmp / "checkpoint.yaml", source)
-    print(f"infer: wrote {len(score_rows)} masks to {paths.infer}")
+    print(f"infer: wrote {len(dataset)} masks to {paths.infer}")

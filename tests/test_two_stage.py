@@ -1,0 +1,220 @@
+"""The two-stage branch: `wsss pseudo` (the training split's pseudo-masks, compared with infer with the image labels
++ crf on that split), `wsss retrain` (the second network: schedule, resume, bad pseudo-masks) and its --stage2 scoring."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from test_training import SCHEDULE, pretrained, trained, wsss  # noqa: F401  (pretrained is a fixture)
+from wsss.data.palette import load_mask
+from wsss.metrics import confusion, scores
+
+FAST = [*SCHEDULE, "infer.scales=[1.0, 0.5]"]
+
+
+def masks_in(folder) -> dict[str, np.ndarray]:
+    return {p.stem: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def pseudo_run(pretrained):  # noqa: F811
+    cwd, root = trained(pretrained)
+    proc = wsss("pseudo", cwd, root, *FAST, "crf.workers=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, root, proc
+
+
+def test_pseudo_masks_are_what_infer_with_the_image_labels_then_crf_give(pseudo_run):
+    """Every training image gets the mask `wsss infer -S infer.presence=gt` + `wsss crf` would write for
+    the training split; with two CRF workers (a process pool beside the network) the same."""
+    cwd, root, proc = pseudo_run
+    out = cwd / "results/toy/train_aug/pseudo"
+    names = (root / "toy/ImageSets/Segmentation/train_aug.txt").read_text().split()
+    written = masks_in(out / "masks")
+    assert sorted(written) == sorted(names) and len(names) == 48
+    assert proc.stdout.endswith("pseudo: wrote 48 pseudo-masks to results/toy/train_aug/pseudo\n")
+    as_eval = [*FAST, "infer.presence=gt", "data.eval_split=train_aug", "crf.workers=1"]
+    assert wsss("infer", cwd, root, *as_eval).returncode == 0
+    assert wsss("crf", cwd, root, *as_eval).returncode == 0
+    assert masks_in(cwd / "results/toy/train_aug/crf/masks").keys() == written.keys()
+    for name, mask in masks_in(cwd / "results/toy/train_aug/crf/masks").items():
+        assert np.array_equal(written[name], mask), name
+    for name, mask in masks_in(cwd / "results/toy/train_aug/infer/masks").items():
+        assert np.array_equal(masks_in(out / "masks_raw")[name], mask), name
+    for name, mask in written.items():  # only the image's own classes: presence from its labels
+        truth = load_mask(root / "toy/SegmentationClass" / f"{name}.png")
+        assert set(np.unique(mask).tolist()) <= set(np.unique(truth).tolist()) | {0}
+    elsewhere = cwd / "two-workers"
+    shutil.copytree(cwd / "results/toy", elsewhere / "toy", ignore=shutil.ignore_patterns("train_aug", "val"))
+    assert wsss("pseudo", cwd, root, *FAST, "crf.workers=2", extra=("--results", str(elsewhere))).returncode == 0
+    assert masks_in(elsewhere / "toy/train_aug/pseudo/masks").keys() == written.keys()
+    for name, mask in masks_in(elsewhere / "toy/train_aug/pseudo/masks").items():
+        assert np.array_equal(written[name], mask), name
+
+
+def test_the_pseudo_masks_of_the_score_split_are_scored_against_their_ground_truth(pseudo_run):
+    cwd, root, _ = pseudo_run
+    proc = wsss("evaluate", cwd, root, *FAST, extra=("--pseudo",))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = cwd / "results/toy/train_aug/pseudo"
+    names = (root / "toy/ImageSets/Segmentation/train.txt").read_text().split()
+    num_classes = 11
+    confs = {kind: np.zeros((num_classes, num_classes), np.int64) for kind in ("masks_raw", "masks")}
+    for name in names:
+        truth = load_mask(root / "toy/SegmentationClass" / f"{name}.png")
+        for kind in confs:
+            confs[kind] += confusion(truth, load_mask(out / kind / f"{name}.png"), num_classes, 255)
+    raw, crf = scores(confs["masks_raw"], "zero"), scores(confs["masks"], "zero")
+    table = pd.read_csv(cwd / "results/toy_train_aug_pseudo_miou.csv")
+    assert table["class"].iloc[-1] == "mean" and len(table) == num_classes + 1
+    np.testing.assert_allclose(table["iou"].iloc[:-1], raw["iou"], atol=1e-6)
+    np.testing.assert_allclose(table["iou_crf"].iloc[:-1], crf["iou"], atol=1e-6)
+    np.testing.assert_allclose(table["recall_crf"].iloc[:-1].fillna(-1), np.nan_to_num(crf["recall"], nan=-1), atol=1e-6)
+    metrics = json.loads((cwd / "results/metrics/toy_train_aug_pseudo.json").read_text())
+    assert metrics["miou"] == pytest.approx(raw["miou"], abs=1e-6) and metrics["miou_crf"] == pytest.approx(crf["miou"], abs=1e-6)
+    assert metrics["images"] == 48 and (cwd / "results/toy_train_aug_pseudo_iou.png").is_file()
+    assert (cwd / "results/toy/train_aug/evaluate_pseudo.yaml").is_file()
+    assert proc.stdout.splitlines()[-1].startswith(f"evaluate: 48 images, mIoU {raw['miou']:.4f}, with CRF {crf['miou']:.4f}")
+
+
+def test_a_score_split_outside_the_training_split_is_refused_naming_the_key(pseudo_run, tmp_path):
+    cwd, root, _ = pseudo_run
+    shutil.copytree(cwd / "results/toy/train_aug/pseudo", tmp_path / "toy/train_aug/pseudo")
+    proc = wsss("evaluate", cwd, root, *FAST, "pseudo.score_split=val", extra=("--pseudo", "--results", str(tmp_path)))
+    assert proc.returncode == 2
+    assert ("key 'pseudo.score_split': 24 images of split 'val' are not in the training split 'train_aug' "
+            "(the first: val_00000)") in proc.stderr
+    proc = wsss("evaluate", cwd, root, *FAST, "pseudo.score_split=nosuch", extra=("--pseudo", "--results", str(tmp_path)))
+    assert proc.returncode == 2
+    assert (f"key 'pseudo.score_split': split 'nosuch' has no list {root / 'toy/ImageSets/Segmentation/nosuch.txt'}"
+            in proc.stderr)
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "toy_train_aug_pseudo_miou.csv").exists()
+
+
+# ---------------------------------------------------------------- the second stage
+
+RETRAIN = ["retrain.batch_size=8", "retrain.crop_size=48", "retrain.iterations=9", "retrain.log_every=1", "retrain.lr=0.01"]
+
+
+@pytest.fixture(scope="module")
+def retrained(pseudo_run):
+    cwd, root, _ = pseudo_run
+    proc = wsss("retrain", cwd, root, *FAST, *RETRAIN)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd, root, proc
+
+
+def test_retrain_follows_the_poly_schedule_and_records_what_it_ran(retrained):
+    import torch
+    import yaml
+
+    from wsss.engine.supervised import poly_lr
+
+    cwd, root, proc = retrained
+    assert proc.stdout.splitlines()[-1] == "retrain: wrote results/toy/retrain.pt (9 iterations)"
+    state = torch.load(cwd / "results/toy/retrain.pt", map_location="cpu", weights_only=False)
+    assert (state["stage"], state["step"], state["epoch"], state["supervised"]) == ("retrain", 9, 2, True)
+    rows = state["log"]
+    assert [r["step"] for r in rows] == list(range(1, 10)) and [r["epoch"] for r in rows] == [0] * 6 + [1] * 3
+    # the lr logged after step s is the one step s ran with: 0.01 x (1 - (s - 1) / 9) ** 0.9 (the backbone's weights)
+    assert [r["lr"] for r in rows] == pytest.approx([poly_lr(0.01, s - 1, 9, 0.9) for s in range(1, 10)])
+    assert rows[0]["loss"] > 0 and all(np.isfinite(r["loss"]) and r["loss"] >= 0 for r in rows)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1, 1, 10, 20] and [g["weight_decay"] for g in groups] == [5e-4, 0, 5e-4, 0]
+    assert yaml.safe_load((cwd / "results/toy/retrain.yaml").read_text())["retrain"]["iterations"] == 9
+    assert (cwd / "results/toy/retrain_log.tsv").read_text().splitlines()[0] == "stage\tepoch\tstep\tloss\tlr\timg_per_s"
+    assert not list((cwd / "results/toy/state").glob("retrain-*.pt")), "the resumable state is removed once done"
+
+
+def test_an_interrupted_retrain_resumes_to_the_same_weights(retrained, tmp_path, monkeypatch):
+    import torch
+
+    from wsss.engine import supervised
+
+    cwd, root, _ = retrained
+    elsewhere = tmp_path / "results"
+    shutil.copytree(cwd / "results/toy/train_aug", elsewhere / "toy/train_aug")
+    saves = []
+    real_save = supervised.checkpoint.save
+
+    def save_then_stop(path, state):
+        real_save(path, state)
+        saves.append(path)
+        if len(saves) == 1:
+            raise KeyboardInterrupt  # killed right after the first epoch's state
+
+    monkeypatch.setattr(supervised.checkpoint, "save", save_then_stop)
+    proc = wsss("retrain", cwd, root, *FAST, *RETRAIN, extra=("--results", str(elsewhere)))
+    assert proc.returncode == 130 and not (elsewhere / "toy/retrain.pt").exists()
+    proc = wsss("retrain", cwd, root, *FAST, *RETRAIN, extra=("--results", str(elsewhere)))
+    assert proc.returncode == 0 and "resuming retrain from" in proc.stdout and "at step 6 (epoch 1)" in proc.stdout
+    ours = torch.load(elsewhere / "toy/retrain.pt", map_location="cpu", weights_only=False)
+    whole = torch.load(cwd / "results/toy/retrain.pt", map_location="cpu", weights_only=False)
+    assert ours["log"] == [dict(r, img_per_s=o["img_per_s"]) for r, o in zip(whole["log"], ours["log"])]
+    assert all(torch.equal(ours["model"][k], whole["model"][k]) for k in whole["model"])
+
+
+@pytest.mark.parametrize("fault", ["missing", "size", "value"])
+def test_retrain_refuses_a_bad_pseudo_mask_naming_it_before_training(pseudo_run, tmp_path, fault):
+    cwd, root, _ = pseudo_run
+    elsewhere = tmp_path / "results"
+    shutil.copytree(cwd / "results/toy/train_aug/pseudo", elsewhere / "toy/train_aug/pseudo")
+    masks = elsewhere / "toy/train_aug/pseudo/masks"
+    victim = sorted(masks.glob("*.png"))[3]
+    mask = load_mask(victim)
+    if fault == "missing":
+        victim.unlink()
+        expected = f"pseudo-mask {victim} is missing: the folder does not cover split 'train_aug'; re-run `wsss pseudo`"
+    elif fault == "size":
+        Image.fromarray(mask[:-2]).save(victim)
+        expected = (f"{victim}: mask size {mask.shape[1]}x{mask.shape[0] - 2} differs from its image's "
+                    f"{mask.shape[1]}x{mask.shape[0]} (WxH)")
+    else:
+        mask = mask.copy()
+        mask[0, 0] = 11
+        Image.fromarray(mask).save(victim)
+        expected = f"{victim}: mask value 11 is outside the classes 0..10 and 255 (ignore)"
+    proc = wsss("retrain", cwd, root, *FAST, *RETRAIN, extra=("--results", str(elsewhere)))
+    assert proc.returncode == 2 and f"wsss retrain: error: {expected}\n" in proc.stderr
+    assert not (elsewhere / "toy/retrain.pt").exists() and not (elsewhere / "toy/state").exists()
+
+
+def test_the_second_stage_is_inferred_refined_and_scored_as_the_first(retrained):
+    import torch
+    import yaml
+
+    from wsss.stages.crf import read_probs, refine
+    from wsss.stages.infer import load_segmenter, predict
+
+    cwd, root, _ = retrained
+    for stage in ("infer", "crf", "evaluate"):
+        proc = wsss(stage, cwd, root, *FAST, *RETRAIN, "crf.workers=1", extra=("--stage2",))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    out = cwd / "results/toy/stage2/val"
+    cfg = yaml.safe_load((out / "infer/config.yaml").read_text())
+    model, record = load_segmenter(cfg, torch.device("cpu"), cwd / "results/toy/retrain.pt")
+    assert record["made_by"] == "wsss retrain" and not (out / "infer/scores.tsv").exists()
+    crf_cfg = {**cfg["crf"], "background": "probs"}  # the network's own background, whatever crf.background says
+    assert cfg["crf"]["background"] == "fg_power"
+    names = (root / "toy/ImageSets/Segmentation/val.txt").read_text().split()
+    for name in names[:3]:
+        image = Image.open(root / "toy/JPEGImages" / f"{name}.jpg").convert("RGB")
+        masks, presence = predict(model, image, [1.0, 0.5], True, cfg["infer"]["chunk"], None, "cpu")
+        assert presence is None and masks.shape[0] == 11
+        np.testing.assert_allclose(masks.sum(0).numpy(), 1.0, atol=1e-5)  # a softmax: every class, background included
+        ids, probs = read_probs(out / "infer/probs" / f"{name}.npz")
+        assert ids.tolist() == list(range(11))
+        np.testing.assert_allclose(probs, masks.numpy(), atol=1e-3)
+        crf_mask = np.asarray(Image.open(out / "crf/masks" / f"{name}.png"))
+        assert np.array_equal(crf_mask, refine(np.asarray(image), ids, probs, crf_cfg, 11)), name
+    metrics = json.loads((cwd / "results/metrics/toy_val_stage2.json").read_text())
+    assert metrics["images"] == 24 and 0 <= metrics["miou_crf"] <= 1
+    table = pd.read_csv(cwd / "results/toy_val_miou_stage2.csv")
+    assert table["iou_crf"].iloc[-1] == pytest.approx(metrics["miou_crf"], abs=1e-6)
+    assert (cwd / "results/toy_val_iou_stage2.png").is_file()
