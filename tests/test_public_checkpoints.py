@@ -140,6 +140,10 @@ def test_infer_names_a_file_that_is_no_checkpoint_and_one_made_under_other_param
     torch.save({"model": {}, "signature": {}, "stage": "train", "config": other}, path)
     with pytest.raises(WsssError, match=rf"^{re.escape(str(path))} was made by `wsss train` under other parameters"):
         load_model(cfg, torch.device("cpu"), path)
+    # a checkpoint without a recorded configuration is checked on its model signature alone
+    torch.save({"model": {}, "signature": {"dataset": "voc"}, "stage": "train"}, path)
+    with pytest.raises(WsssError, match=rf"^checkpoint {re.escape(str(path))} was made for a different model configuration"):
+        load_model(cfg, torch.device("cpu"), path)
 
 
 def test_checkpoint_yaml_names_the_wsss_stage_that_made_it(tmp_path):
