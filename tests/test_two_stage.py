@@ -115,6 +115,7 @@ def test_retrain_follows_the_poly_schedule_and_records_what_it_ran(retrained):
     import yaml
 
     from wsss.engine.supervised import poly_lr
+    from wsss.model.segmenter import build_segmenter
 
     cwd, root, proc = retrained
     assert proc.stdout.splitlines()[-1] == "retrain: wrote results/toy/retrain.pt (9 iterations)"
@@ -126,7 +127,13 @@ def test_retrain_follows_the_poly_schedule_and_records_what_it_ran(retrained):
     assert [r["lr"] for r in rows] == pytest.approx([poly_lr(0.01, s - 1, 9, 0.9) for s in range(1, 10)])
     assert rows[0]["loss"] > 0 and all(np.isfinite(r["loss"]) and r["loss"] >= 0 for r in rows)
     groups = state["optimizer"]["param_groups"]
-    assert [g["lr_mult"] for g in groups] == [1, 1, 10, 20] and [g["weight_decay"] for g in groups] == [5e-4, 0, 5e-4, 0]
+    names = [n for n, _ in torch.nn.Module.named_parameters(build_segmenter(state["config"], load_weights=False))]
+    backbone_w = [n for n in names if n.startswith("net.backbone.") and not n.endswith("bias")]
+    backbone_b = [n for n in names if n.startswith("net.backbone.") and n.endswith("bias")]
+    head_w = [n for n in names if not n.startswith("net.backbone.") and not n.endswith("bias")]
+    head_b = [n for n in names if not n.startswith("net.backbone.") and n.endswith("bias")]
+    assert [g["lr_mult"] for g in groups] == [1, 2, 1, 2] and [g["weight_decay"] for g in groups] == [5e-4, 0, 5e-4, 0]
+    assert [len(g["params"]) for g in groups] == [len(g) for g in (backbone_w, backbone_b, head_w, head_b)]
     assert yaml.safe_load((cwd / "results/toy/retrain.yaml").read_text())["retrain"]["iterations"] == 9
     assert (cwd / "results/toy/retrain_log.tsv").read_text().splitlines()[0] == "stage\tepoch\tstep\tloss\tlr\timg_per_s"
     assert not list((cwd / "results/toy/state").glob("retrain-*.pt")), "the resumable state is removed once done"
