@@ -23,7 +23,6 @@ pseudo-masks, after the CRF, VOC palette), ``masks_raw/<name>.png`` (before it),
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -62,9 +61,9 @@ def run(cfg: dict, args) -> None:
     with atomic_path(paths.pseudo, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "masks_raw").mkdir()
-        # a fresh interpreter per CRF worker (forkserver): no fork of a process whose OpenMP threads have run
-        pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
-                if workers > 1 else None)
+        # the platform's default start method, as the crf stage: the workers run NumPy and pydensecrf
+        # only (no OpenMP), so forking after the network's threads ran is safe
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
         pending: deque[Future] = deque()
         try:
             for i in tqdm(range(len(dataset)), desc=f"pseudo {dataset.split}", unit="img", dynamic_ncols=True):
