@@ -225,3 +225,10 @@ def test_the_second_stage_is_inferred_refined_and_scored_as_the_first(retrained)
     table = pd.read_csv(cwd / "results/toy_val_miou_stage2.csv")
     assert table["iou_crf"].iloc[-1] == pytest.approx(metrics["miou_crf"], abs=1e-6)
     assert (cwd / "results/toy_val_iou_stage2.png").is_file()
+
+
+def test_infer_stage2_refuses_a_first_stage_checkpoint(retrained):
+    cwd, root, _ = retrained
+    proc = wsss("infer", cwd, root, *FAST, *RETRAIN, extra=("--stage2", "--checkpoint", "results/toy/train.pt"))
+    assert proc.returncode == 2
+    assert "checkpoint results/toy/train.pt was written by `wsss train`, not by `wsss retrain`" in proc.stderr
