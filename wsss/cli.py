@@ -19,7 +19,7 @@ STAGES = {
     "crf": ("wsss.stages.crf", "dense-CRF refinement of the inferred masks, parallel over images"),
     "evaluate": ("wsss.stages.evaluate", "confusion matrix, per-class IoU, mIoU and pixel accuracy, raw and CRF"),
     "pseudo": ("wsss.stages.pseudo", "pseudo-masks of the training split (multi-scale + flip, image-level labels, CRF) "
-                                     "for a second, fully supervised stage, scored where ground truth exists"),
+                                     "for a second, fully supervised stage; `wsss evaluate --pseudo` scores them"),
     "retrain": ("wsss.stages.retrain", "the second stage: torchvision's DeepLabV3 trained on the pseudo-masks"),
     "benchmark-report": ("wsss.benchmark.report", "the ablation benchmark's table, orderings, figures and examples "
                                                   "(run by the results/benchmark/report.md target)"),
