@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -232,3 +233,24 @@ def test_infer_stage2_refuses_a_first_stage_checkpoint(retrained):
     proc = wsss("infer", cwd, root, *FAST, *RETRAIN, extra=("--stage2", "--checkpoint", "results/toy/train.pt"))
     assert proc.returncode == 2
     assert "checkpoint results/toy/train.pt was written by `wsss train`, not by `wsss retrain`" in proc.stderr
+
+
+def test_the_segmenter_loads_an_imagenet_file_and_a_checkpoint_rebuild_needs_none(tmp_path):
+    import torch
+    from torchvision.models import resnet50
+
+    from wsss import config
+    from wsss.errors import WsssError
+    from wsss.model.segmenter import build_segmenter
+
+    weights = tmp_path / "resnet50.pth"
+    torch.save(resnet50(weights=None).state_dict(), weights)  # torchvision's ImageNet file has these keys
+    cfg = config.load([Path(__file__).resolve().parents[1] / "params.yaml"],
+                      ["retrain.network=deeplabv3_resnet50", "retrain.pretrained=true", f"retrain.weights={weights}"])
+    model = build_segmenter(cfg)
+    expected = torch.load(weights)
+    assert all(torch.equal(v, expected[k]) for k, v in model.net.backbone.state_dict().items())
+    build_segmenter(cfg, load_weights=False)  # resume and --stage2 rebuild the network without the file
+    cfg["retrain"]["pretrained"] = False
+    with pytest.raises(WsssError, match=r"^key 'retrain.weights' is set but retrain.pretrained is false"):
+        build_segmenter(cfg, load_weights=False)

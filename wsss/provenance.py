@@ -25,7 +25,8 @@ from wsss.errors import WsssError
 STAGES_PATH = REPO_ROOT / "workflow" / "stages.yaml"
 # Keys that say how work is run, not what it computes (a result never depends on them): an input
 # made with other values of these is not refused.
-EXECUTION_KEYS = frozenset({"train.device", "train.workers", "infer.device", "infer.chunk", "crf.workers"})
+EXECUTION_KEYS = frozenset({"train.device", "train.workers", "infer.device", "infer.chunk", "crf.workers",
+                            "retrain.device", "retrain.workers"})
 _MISSING = object()
 
 

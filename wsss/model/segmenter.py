@@ -52,12 +52,12 @@ def build_segmenter(cfg: dict, load_weights: bool = True) -> Segmenter:
         raise WsssError(f"key 'retrain.network': {name!r} is not allowed (allowed: {', '.join(NETWORKS)})")
     net = getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=params.num_classes(cfg),
                                       aux_loss=False)
+    if r["weights"] and not r["pretrained"]:
+        raise WsssError("key 'retrain.weights' is set but retrain.pretrained is false: set -S retrain.pretrained=true "
+                        "to load it, or -S retrain.weights=null")
     model = Segmenter(net)
     if load_weights and r["pretrained"]:
         load_imagenet_backbone(model, name, r["weights"])
-    elif r["weights"]:
-        raise WsssError("key 'retrain.weights' is set but retrain.pretrained is false: set -S retrain.pretrained=true "
-                        "to load it, or -S retrain.weights=null")
     return model
 
 

@@ -2,7 +2,7 @@
 
 Reads ``results/<dataset>/<train_split>/pseudo/masks/`` (``wsss pseudo``), checks every pseudo-mask
 before any training (one per training image, the image's size, class values of the dataset or
-``eval.ignore_index``), then trains ``retrain.network`` (``wsss.model.segmenter``) with
+255), then trains ``retrain.network`` (``wsss.model.segmenter``) with
 ``wsss.engine.supervised``. Writes ``results/<dataset>/retrain.pt``, ``retrain_log.tsv`` and
 ``retrain.yaml``; ``wsss infer --stage2``, ``wsss crf --stage2`` and ``wsss evaluate --stage2`` then
 score it as the first stage is scored.
