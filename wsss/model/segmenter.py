@@ -66,20 +66,11 @@ def load_imagenet_backbone(model: Segmenter, name: str, weights: str | None) -> 
     if name not in _RESNETS:
         raise WsssError(f"key 'retrain.pretrained': no ImageNet weights are wired for {name!r}; "
                         f"use {' or '.join(_RESNETS)}, or set -S retrain.pretrained=false")
-    from wsss.model.weights import load_backbone_weights
+    from wsss.model.weights import load_backbone_weights, load_torchvision_imagenet
 
     if weights:
         if not Path(weights).is_file():
             raise WsssError(f"key 'retrain.weights': {weights} is not a file")
         load_backbone_weights(model.net.backbone, weights)
         return
-    from wsss.model.backbones.resnet import torchvision_imagenet_state_dict, torchvision_weights_url
-
-    try:
-        state = torchvision_imagenet_state_dict(_RESNETS[name])
-    except Exception as exc:  # no network, proxy errors, corrupt cache: all end the same way
-        hub = Path(torch.hub.get_dir()) / "checkpoints"
-        raise WsssError(f"cannot obtain torchvision's ImageNet weights for {_RESNETS[name]} ({type(exc).__name__}: "
-                        f"{exc}); download {torchvision_weights_url(_RESNETS[name])} elsewhere and either put it in "
-                        f"{hub} or pass it with -S retrain.weights=PATH") from None
-    model.net.backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
+    load_torchvision_imagenet(model.net.backbone, _RESNETS[name], "retrain")

@@ -119,21 +119,28 @@ def load_pretrained(backbone: nn.Module, cfg: dict) -> None:
                 "copy with -S model.weights=PATH, or train from scratch with -S model.pretrained=false")
         load_backbone_weights(backbone, path, allow_partial)
     elif name in ("resnet50", "resnet101"):
-        from wsss.model.backbones.resnet import torchvision_imagenet_state_dict, torchvision_weights_url
-
-        try:
-            state = torchvision_imagenet_state_dict(name)
-        except Exception as exc:  # no network, proxy errors, corrupt cache: all end the same way
-            hub = Path(torch.hub.get_dir()) / "checkpoints"
-            raise WsssError(
-                f"cannot obtain torchvision's ImageNet weights for {name} ({type(exc).__name__}: {exc}); "
-                f"download {torchvision_weights_url(name)} elsewhere and either put it in {hub} or pass it "
-                "with -S model.weights=PATH, or train from scratch with -S model.pretrained=false") from None
-        state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith(_SKIPPED_BUFFERS)]
-        if missing or unexpected:
-            raise WsssError(f"torchvision weights for {name} do not fit: missing {missing}, unexpected {unexpected}")
+        load_torchvision_imagenet(backbone, name, "model")
     else:
         raise WsssError(f"key 'model.pretrained': no ImageNet weights exist for backbone {name!r}; "
                         "set -S model.pretrained=false or give a file with -S model.weights=PATH")
+
+
+def load_torchvision_imagenet(backbone: nn.Module, name: str, section: str) -> None:
+    """torchvision's ImageNet weights of ResNet ``name`` (``resnet50`` | ``resnet101``) into ``backbone``, from
+    the torch hub cache, else downloaded; the classifier is dropped. ``section`` (``model`` or ``retrain``)
+    is the params section whose ``weights`` and ``pretrained`` keys the error names as the way out."""
+    from wsss.model.backbones.resnet import torchvision_imagenet_state_dict, torchvision_weights_url
+
+    try:
+        state = torchvision_imagenet_state_dict(name)
+    except Exception as exc:  # no network, proxy errors, corrupt cache: all end the same way
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        raise WsssError(
+            f"cannot obtain torchvision's ImageNet weights for {name} ({type(exc).__name__}: {exc}); "
+            f"download {torchvision_weights_url(name)} elsewhere and either put it in {hub} or pass it "
+            f"with -S {section}.weights=PATH, or train from scratch with -S {section}.pretrained=false") from None
+    state = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(_SKIPPED_BUFFERS)]
+    if missing or unexpected:
+        raise WsssError(f"torchvision weights for {name} do not fit: missing {missing}, unexpected {unexpected}")
