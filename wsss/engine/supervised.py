@@ -26,6 +26,7 @@ from wsss import config as params
 from wsss.data.dataset import VOCSegmentation
 from wsss.data.transforms import ScaleCropTransform
 from wsss.engine import checkpoint, device as devices
+from wsss.engine.trainer import curve_tsv
 from wsss.errors import WsssError
 from wsss.model.optim import build_optimizer
 from wsss.model.segmenter import build_segmenter
@@ -38,11 +39,6 @@ LOG_COLUMNS = ["stage", "epoch", "step", "loss", "lr", "img_per_s"]
 def poly_lr(base: float, step: int, iterations: int, power: float) -> float:
     """``base * (1 - step / iterations) ** power``: the poly schedule at ``step`` (0-based) of ``iterations``."""
     return base * (1.0 - step / iterations) ** power
-
-
-def curve_tsv(rows: list[dict]) -> str:
-    """The training curve: a header of ``LOG_COLUMNS``, then one tab-separated row per logged step."""
-    return "".join("\t".join(str(v) for v in line) + "\n" for line in [LOG_COLUMNS] + [[r[c] for c in LOG_COLUMNS] for r in rows])
 
 
 def signature(cfg: dict) -> dict:
@@ -112,6 +108,6 @@ def run(cfg: dict, paths: StagePaths, name: str, masks: Path) -> None:
                                              "epoch": epoch, "step": step, "rng": checkpoint.rng_state(), "log": rows,
                                              "signature": signature(cfg), "config": cfg, "stage": name,
                                              "supervised": True})
-    write_text(paths.train_log(name), curve_tsv(rows))
+    write_text(paths.train_log(name), curve_tsv(rows, LOG_COLUMNS))
     write_yaml(paths.stage_config(name), cfg)
     state_path.unlink(missing_ok=True)

@@ -81,7 +81,8 @@ def _state_path(cfg: dict, phase: Phase, paths: StagePaths) -> Path:
     return paths.state / f"{phase.name}-{key}.pt"
 
 
-def _tsv(rows: list[dict], columns: list[str] = LOG_COLUMNS) -> str:
+def curve_tsv(rows: list[dict], columns: list[str] = LOG_COLUMNS) -> str:
+    """Training-curve rows as a tab-separated table under a header of ``columns``."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, delimiter="\t", lineterminator="\n")
     writer.writeheader()
@@ -203,7 +204,7 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
                                      "epoch": phase.end_epoch, "step": step, "rng": checkpoint.rng_state(), "log": rows,
                                      "signature": checkpoint.model_signature(cfg), "config": cfg,
                                      "stage": phase.name, "supervised": phase.supervised, **_plugin_state(plugins)})
-    write_text(out_log, _tsv([r for r in rows if r["stage"] == phase.name], LOG_COLUMNS + plugins.columns))
+    write_text(out_log, curve_tsv([r for r in rows if r["stage"] == phase.name], LOG_COLUMNS + plugins.columns))
     write_yaml(out_config, cfg)
     state_path.unlink(missing_ok=True)
 
