@@ -31,7 +31,7 @@ TINY = {
 def write_design(path: Path, **changes) -> Path:
     raw = yaml.safe_load((REPO / "workflow" / "benchmark.yaml").read_text())
     if "variants" in changes:  # the probes and the paired variants name the committed variants
-        for key in ("probes", "paired"):
+        for key in ("probes", "paired", "two_stage"):
             if key not in changes:
                 del raw[key]
     raw.update(changes)
@@ -71,7 +71,7 @@ def test_the_committed_design_resolves_for_every_run():
     ({"variants": {"bad name": {}}}, "folder name"),
     ({"backbone": {"param": {"train.epochs": 1}}}, "key 'backbone'"),
     ({"backbone": {"params": {"train.epochz": 1}}}, "backbone"),
-    ({"variants": {"backbone": {}, "supervised": {"train": "supervise"}}, "reference": "backbone"}, "taken by the shared backbone"),
+    ({"variants": {"backbone": {}, "supervised": {"train": "supervise"}}, "reference": "backbone"}, "taken by the benchmark's own runs"),
     ({"probes": {"variants": ["wsfcn"]}}, "key 'probes'"),
     ({"probes": {"variants": ["nope"], "inference": {"p": {}}}}, r"'probes.variants': 'nope' is not a variant"),
     ({"probes": {"variants": ["wsfcn"], "inference": {"ss": {}}}}, "probe 'ss' is already an inference mode"),
@@ -80,6 +80,13 @@ def test_the_committed_design_resolves_for_every_run():
     ({"paired": ["nope"]}, r"key 'paired': 'nope' is not a variant"),
     ({"paired": "rtc"}, r"key 'paired': expected a list"),
     ({"paired": ["wsfcn"]}, r"key 'paired': 'wsfcn' is the reference"),
+    ({"two_stage": {"mode": "ms"}}, r"key 'two_stage': expected a mapping with 'variants'"),
+    ({"two_stage": {"variants": ["supervised"]}}, r"'two_stage.variants': 'supervised' is not a weakly supervised"),
+    ({"two_stage": {"variants": ["wsfcn"], "mode": "x"}}, r"'two_stage.mode': 'x' is not an inference mode"),
+    ({"two_stage": {"variants": ["wsfcn"], "plateau": [400, 200]}}, r"'two_stage.plateau': expected increasing"),
+    ({"two_stage": {"variants": ["wsfcn"], "params": {"train.lr": 0.1}}}, r"'two_stage.params.train.lr': only retrain"),
+    ({"two_stage": {"variants": ["wsfcn"], "params": {"retrain.network": "unet"}}}, r"two_stage run 'wsfcn/s0/two_stage'.*retrain.network"),
+    ({"variants": {"ceiling": {}, "supervised": {"train": "supervise"}}, "reference": "ceiling"}, "taken by the benchmark's own runs"),
 ])
 def test_a_bad_design_is_refused_naming_the_key(tmp_path, change, message):
     with pytest.raises(WsssError, match=message):
@@ -255,6 +262,8 @@ def test_reduced_benchmark_runs_end_to_end(tmp_path):
     raw["params"] = {**TINY, "train.log_every": 1}  # 4 steps an epoch: a curve row for each
     raw["inference"]["ms"]["params"] = {"infer.scales": [1.0, 0.5]}
     raw["probes"] = {"variants": ["wsfcn"], "inference": {k: raw["probes"]["inference"][k] for k in ("x2", "ss_ownbg")}}
+    raw["two_stage"] = {"variants": ["wsfcn"], "mode": "ms", "ceiling_seeds": [0], "plateau": [3],
+                        "params": {"retrain.iterations": 6, "retrain.batch_size": 8, "retrain.crop_size": 48}}
     (repo / "workflow" / "benchmark.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     sh([str(BIN / "snakemake"), "--cores", "2", "results/benchmark/report.md"], repo, timeout=1500)
 
@@ -320,3 +329,105 @@ def test_reduced_benchmark_runs_end_to_end(tmp_path):
     assert not (out / "runs" / "fbr" / "s0" / "x2").exists(), "probes run on probes.variants only"
     dry = sh([str(BIN / "snakemake"), "-n", "--cores", "2", "results/benchmark/report.md"], repo).stdout
     assert "Nothing to be done" in dry
+
+    # the second stage: pseudo-masks of the trained WS-FCN runs, retrained on, scored; the ground-truth ceiling
+    made = (out / "report.md").stat().st_mtime_ns
+    sh([str(BIN / "snakemake"), "--cores", "2", "results/benchmark/two_stage.md"], repo, timeout=900)
+    assert (out / "runs" / "wsfcn" / "s0" / "toy" / "train.pt").stat().st_mtime_ns == trained
+    assert (out / "report.md").stat().st_mtime_ns == made
+    chain = out / "runs" / "wsfcn" / "s1" / "two_stage"
+    assert len(list((chain / "toy" / "train_aug" / "pseudo" / "masks").glob("*.png"))) == 32
+    frame = pd.read_csv(out / "two_stage.csv")
+    assert frame["kind"].value_counts().to_dict() == {"single_stage": 2, "pseudo": 2, "stage2": 2, "ceiling": 1, "plateau": 1}
+    stage2 = json.loads((chain / "metrics" / "toy_val_stage2.json").read_text())
+    assert frame[(frame["kind"] == "stage2") & (frame["seed"] == 1)]["miou_crf"].iloc[0] == pytest.approx(stage2["miou_crf"], abs=1e-6)
+    single = frame[(frame["kind"] == "single_stage") & (frame["seed"] == 1)]["miou_crf"].iloc[0]
+    assert single == pytest.approx(ws[ws["seed"] == 1]["miou"].iloc[0], abs=1e-6), "the single stage is read, not re-run"
+    trained_on = {c: torch.load(out / "runs" / c / "toy" / "retrain.pt", map_location="cpu", weights_only=False)
+                  for c in ("ceiling/s0", "plateau/i3", "wsfcn/s0/two_stage")}
+    assert trained_on["ceiling/s0"]["masks"].endswith("data/benchmark/toy/SegmentationClass")
+    assert trained_on["wsfcn/s0/two_stage"]["masks"].endswith("runs/wsfcn/s0/two_stage/toy/train_aug/pseudo/masks")
+    assert (trained_on["ceiling/s0"]["step"], trained_on["plateau/i3"]["step"]) == (6, 3)
+    text = (out / "two_stage.md").read_text()
+    assert "## The second stage against the single stage, paired by seed" in text and "| WS-FCN | 2 |" in text
+    assert "No budget above 6 iterations was run" in text and "| WS-FCN | pseudo-masks (training split) (32 images) | 2 |" in text
+    assert (out / "two_stage.png").stat().st_size > 5000
+    dry = sh([str(BIN / "snakemake"), "-n", "--cores", "2", "results/benchmark/two_stage.md"], repo).stdout
+    assert "Nothing to be done" in dry
+
+
+# ---------------------------------------------------------------- the second stage (two_stage.md)
+
+def test_the_second_stage_runs_continue_the_weak_runs_and_the_ceiling_has_no_variant():
+    design = bench_design.load(REPO / "workflow" / "benchmark.yaml", PARAMS)
+    t = design.two_stage
+    assert t.variants == ["wsfcn"] and t.mode == "ms" and t.ceiling_seeds == [0, 1, 2]
+    assert design.chains() == [f"wsfcn/s{s}/two_stage" for s in range(5)] + [
+        "ceiling/s0", "ceiling/s1", "ceiling/s2", "plateau/i200", "plateau/i400", "plateau/i1600"]
+    chain, weak = design.chain_config(PARAMS, "wsfcn/s3/two_stage"), design.config(PARAMS, "wsfcn", "ms", 3)
+    for section in ("model", "train", "infer", "crf", "data"):  # the pseudo-masks: the weak run as trained and scored
+        assert chain[section] == weak[section], section
+    assert (chain["retrain"]["seed"], chain["retrain"]["network"]) == (3, "lraspp_mobilenet_v3_large")
+    ceiling = design.chain_config(PARAMS, "ceiling/s1")
+    assert ceiling["retrain"] == {**chain["retrain"], "seed": 1}
+    assert all(ceiling[k] == weak[k] for k in ("data", "infer", "crf")) and ceiling["model"]["weights"] is None
+    assert design.chain_config(PARAMS, "plateau/i1600")["retrain"] == {**ceiling["retrain"], "seed": 0, "iterations": 1600}
+    with pytest.raises(WsssError, match="'wsfcn/s0' is not a second-stage run"):
+        design.chain_overrides("wsfcn/s0")
+    with pytest.raises(WsssError, match="'rtc' is not in two_stage.variants"):
+        design.chain_overrides("rtc/s0/two_stage")
+
+
+def _metrics(path: Path, miou: float, images: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"miou": miou - 0.1, "miou_crf": miou, "pixel_acc": 0.8, "pixel_acc_crf": 0.9,
+                                "images": images}))
+
+
+def _seconds(folder: Path, stem: str, seconds: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.tsv").write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:00\t100\n")
+
+
+def test_the_two_stage_report_pairs_the_second_stage_with_the_single_stage_by_seed(tmp_path):
+    from wsss.benchmark import two_stage
+
+    design_path = write_design(tmp_path / "d.yaml", two_stage={
+        "variants": ["wsfcn"], "mode": "ms", "params": {"retrain.iterations": 10}, "ceiling_seeds": [0, 1],
+        "plateau": [5, 20]})
+    design = bench_design.load(design_path, PARAMS)
+    runs = tmp_path / "runs"
+    single = {s: 0.30 + 0.01 * s for s in range(5)}
+    gain = {0: 0.05, 1: 0.05, 2: 0.02, 3: 0.06, 4: 0.02}  # the second stage above the single stage, seed by seed
+    for seed in range(5):
+        _metrics(runs / f"wsfcn/s{seed}/ms/metrics/toy_val.json", single[seed], 100)
+        _metrics(runs / f"wsfcn/s{seed}/two_stage/metrics/toy_train_aug_pseudo.json", 0.5, 600)
+        _metrics(runs / f"wsfcn/s{seed}/two_stage/metrics/toy_val_stage2.json", single[seed] + gain[seed], 100)
+        _seconds(runs / f"backbone/s{seed}/benchmarks", "pretrain", 100.0)
+        for stem in ("pretrain", "train", "ms_infer", "ms_crf"):
+            _seconds(runs / f"wsfcn/s{seed}/benchmarks", stem, 10.0 + seed)
+        for stem in ("pseudo", "retrain", "infer_stage2", "crf_stage2"):
+            _seconds(runs / f"wsfcn/s{seed}/two_stage/benchmarks", stem, 50.0)
+    _metrics(runs / "ceiling/s0/metrics/toy_val_stage2.json", 0.60, 100)
+    _metrics(runs / "ceiling/s1/metrics/toy_val_stage2.json", 0.64, 100)
+    _metrics(runs / "plateau/i5/metrics/toy_val_stage2.json", 0.40, 100)
+    _metrics(runs / "plateau/i20/metrics/toy_val_stage2.json", 0.65, 100)
+    out = tmp_path / "out"
+    args = argparse.Namespace(params=PARAMS, design=str(design_path), runs=str(runs), out=str(out))
+    two_stage.run({}, args)
+
+    frame = pd.read_csv(out / "two_stage.csv")
+    assert frame["kind"].value_counts().to_dict() == {"single_stage": 5, "pseudo": 5, "stage2": 5, "ceiling": 2, "plateau": 2}
+    pair = two_stage.paired_rows(frame, "wsfcn")[1]
+    assert pair["per_seed"] == "+0.050 +0.050 +0.020 +0.060 +0.020" and pair["mean"] == pytest.approx(0.04)
+    assert 0 < pair["low"] < 0.04 < pair["high"] and pair["verdict"] == "better"
+    assert two_stage.sweep(frame, design)["iterations"].tolist() == [5, 10, 20], "the first ceiling seed is the budget's point"
+    text = (out / "two_stage.md").read_text()
+    assert "| WS-FCN | 5 | +0.040 [" in text and "(better)" in text
+    assert "| WS-FCN | second stage | 0.260 / 0.520 = 50.0% | 0.360 / 0.620 = 58.1% |" in text
+    assert "Plateau: **no**: 20 iterations give +0.050 mIoU (with CRF) over the budget of 10" in text
+    assert "| WS-FCN | train | 12 | 10–14 |" in text and "| WS-FCN | retrain | 50 | 50–50 |" in text
+    assert (out / "two_stage.png").stat().st_size > 5000
+    (runs / "ceiling/s1/metrics/toy_val_stage2.json").unlink()
+    with pytest.raises(WsssError, match=r"benchmark run missing: .*ceiling/s1/metrics/toy_val_stage2\.json"):
+        two_stage.run({}, args)

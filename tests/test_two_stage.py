@@ -168,6 +168,33 @@ def test_an_interrupted_retrain_resumes_to_the_same_weights(retrained, tmp_path,
     assert all(torch.equal(ours["model"][k], whole["model"][k]) for k in whole["model"])
 
 
+def test_retrain_on_the_ground_truth_is_the_same_trainer_on_the_training_masks(retrained, tmp_path):
+    """`--ground-truth` (the benchmark's ceiling) needs no pseudo-masks and gives the weights that retraining on a
+    pseudo-mask folder holding the training masks gives: one trainer, only the labels differ."""
+    import torch
+
+    from wsss.data.voc import training_mask_dir
+
+    cwd, root, _ = retrained
+    truth = root / "toy" / training_mask_dir({"data": {"train_split": "train_aug", "name": "toy"}}, root / "toy")
+    ceiling = tmp_path / "ceiling"
+    proc = wsss("retrain", cwd, root, *FAST, *RETRAIN, extra=("--results", str(ceiling), "--ground-truth"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1].endswith(f"(9 iterations on the ground-truth masks {truth})")
+    copied = tmp_path / "copied"
+    shutil.copytree(cwd / "results/toy/train_aug/pseudo", copied / "toy/train_aug/pseudo")
+    names = (root / "toy/ImageSets/Segmentation/train_aug.txt").read_text().split()
+    for name in names:
+        shutil.copy(truth / f"{name}.png", copied / f"toy/train_aug/pseudo/masks/{name}.png")
+    assert wsss("retrain", cwd, root, *FAST, *RETRAIN, extra=("--results", str(copied))).returncode == 0
+    mine, same, pseudo = (torch.load(folder / "toy/retrain.pt", map_location="cpu", weights_only=False)
+                          for folder in (ceiling, copied, cwd / "results"))
+    assert mine["masks"] == str(truth.resolve()) and pseudo["masks"] == str((cwd / "results/toy/train_aug/pseudo/masks").resolve())
+    assert all(torch.equal(mine["model"][k], same["model"][k]) for k in mine["model"])
+    assert [r["loss"] for r in mine["log"]] == [r["loss"] for r in same["log"]]
+    assert any(not torch.equal(mine["model"][k], pseudo["model"][k]) for k in mine["model"]), "the labels matter"
+
+
 @pytest.mark.parametrize("fault", ["missing", "size", "value"])
 def test_retrain_refuses_a_bad_pseudo_mask_naming_it_before_training(pseudo_run, tmp_path, fault):
     cwd, root, _ = pseudo_run

@@ -25,6 +25,9 @@ STAGES = {
                                                   "(run by the results/benchmark/report.md target)"),
     "benchmark-probes": ("wsss.benchmark.probes", "the benchmark's diagnostic inference modes beside the main ones "
                                                   "(run by the results/benchmark/probes.md target)"),
+    "benchmark-two-stage": ("wsss.benchmark.two_stage", "the benchmark's two-stage rows: pseudo-masks, the second "
+                                                        "stage and its ground-truth ceiling, paired with the single "
+                                                        "stage (run by the results/benchmark/two_stage.md target)"),
     "model-info": ("wsss.stages.model_info", "parameter counts and output shapes of the configured model (JSON)"),
 }
 
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "repeat to overlay files, later ones win")
         p.add_argument("-S", "--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
                        help="override a parameter, typed as in `dvc exp run -S` (e.g. -S model.fca=false)")
-        if name not in ("prepare", "model-info", "benchmark-report", "benchmark-probes"):
+        if name not in ("prepare", "model-info", "benchmark-report", "benchmark-probes", "benchmark-two-stage"):
             p.add_argument("--results", default="results", metavar="DIR",
                            help="root of this stage's inputs and outputs from earlier stages (default: results)")
         if name in ("infer", "crf", "evaluate"):
@@ -53,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--checkpoint", default=None, metavar="PATH",
                            help="the model to run (default: <results>/<dataset>/train.pt, with --stage2 retrain.pt); "
                                 "e.g. a `wsss supervise` checkpoint")
-        if name in ("benchmark-report", "benchmark-probes"):
+        if name == "retrain":
+            p.add_argument("--ground-truth", action="store_true",
+                           help="train on the training split's ground-truth masks instead of the pseudo-masks: "
+                                "the fully supervised ceiling of the second stage")
+        if name in ("benchmark-report", "benchmark-probes", "benchmark-two-stage"):
             p.add_argument("--design", default="workflow/benchmark.yaml", metavar="PATH", help="the benchmark design file")
             p.add_argument("--runs", default="results/benchmark/runs", metavar="DIR", help="where the runs are")
             p.add_argument("--out", default="results/benchmark", metavar="DIR", help="where the report goes")

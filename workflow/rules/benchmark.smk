@@ -29,6 +29,7 @@ BENCH_DATA = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["da
 
 wildcard_constraints:
     variant="|".join(BENCH.variants),
+    chain=bench_design.CHAIN_PATTERN,
     mode="|".join(BENCH.all_modes),
     seed=r"\d+",
 
@@ -261,3 +262,180 @@ rule bench_probes:
         BENCH_OUT + "/logs/probes.log",
     shell:
         "wsss benchmark-probes --params params.yaml --design {input.design} --runs {BENCH_OUT}/runs --out {BENCH_OUT} 2>&1 | tee {log}"
+
+
+# ---------------------------------------------------------------- the second stage, on request:
+#
+#     snakemake --cores 2 results/benchmark/two_stage.md
+#
+# Each second-stage run ("chain", design.chains()) is a folder under results/benchmark/runs: a variant's
+# <variant>/s<seed>/two_stage (pseudo-masks of its trained run, scored, retrained on), ceiling/s<seed> (the
+# same trainer on the ground-truth masks) and plateau/i<iterations> (the ceiling's budget sweep). All use
+# the same stage CLIs as the main DAG's second stage with --results pointing at the chain.
+BENCH_CHAIN = bench_design.RUNS + "/{chain}"
+BENCH_PSEUDO_CHAIN = bench_design.RUNS + "/{variant}/s{seed}/two_stage"
+BENCH_TRAIN_SPLIT = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["data"]["train_split"]
+
+
+def chain_cmd(stage, *args):
+    """`wsss <stage>` for one second-stage run: the chain's overrides, one thread, --results at the chain."""
+
+    def cmd(wc):
+        chain = getattr(wc, "chain", None) or f"{wc.variant}/s{wc.seed}/two_stage"
+        return bench_shell(stage, BENCH.chain_overrides(chain),
+                           ["--results", f"{bench_design.RUNS}/{chain}", *(a.format(**wc) for a in args)])
+
+    return cmd
+
+
+def chain_params(stage):
+    def pick(wc):
+        chain = getattr(wc, "chain", None) or f"{wc.variant}/s{wc.seed}/two_stage"
+        return param_slice(BENCH.chain_config(["params.yaml"], chain), stage)
+
+    return pick
+
+
+def chain_retrain_input(wc):
+    """A pseudo-mask chain retrains on its pseudo-masks; the ceiling and plateau runs on the ground truth."""
+    match = bench_design.CHAIN.fullmatch(wc.chain)
+    if match is not None and match["variant"] is not None:
+        return [f"{bench_design.RUNS}/{wc.chain}/toy/{BENCH_TRAIN_SPLIT}/pseudo"]
+    return []
+
+
+rule bench_pseudo:
+    input:
+        data=BENCH_DATA,
+        checkpoint=BENCH_RUN + "/toy/train.pt",
+        code=stage_code("pseudo"),
+    output:
+        directory(BENCH_PSEUDO_CHAIN + f"/toy/{BENCH_TRAIN_SPLIT}/pseudo"),
+    params:
+        config=chain_params("pseudo"),
+        cmd=chain_cmd("pseudo", "-S crf.workers=1", "--checkpoint", BENCH_RUN + "/toy/train.pt"),
+    log:
+        BENCH_PSEUDO_CHAIN + "/logs/pseudo.log",
+    benchmark:
+        BENCH_PSEUDO_CHAIN + "/benchmarks/pseudo.tsv"
+    threads: 2  # the network and one CRF worker process
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_evaluate_pseudo:
+    input:
+        data=BENCH_DATA,
+        pseudo=BENCH_PSEUDO_CHAIN + f"/toy/{BENCH_TRAIN_SPLIT}/pseudo",
+        code=stage_code("evaluate_pseudo"),
+    output:
+        metrics=BENCH_PSEUDO_CHAIN + f"/metrics/toy_{BENCH_TRAIN_SPLIT}_pseudo.json",
+    params:
+        config=chain_params("evaluate_pseudo"),
+        cmd=chain_cmd("evaluate", "--pseudo"),
+    log:
+        BENCH_PSEUDO_CHAIN + "/logs/evaluate_pseudo.log",
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_retrain:
+    input:
+        data=BENCH_DATA,
+        pseudo=chain_retrain_input,
+        code=stage_code("retrain"),
+    output:
+        checkpoint=BENCH_CHAIN + "/toy/retrain.pt",
+    params:
+        config=chain_params("retrain"),
+        cmd=lambda wc: chain_cmd("retrain", *([] if chain_retrain_input(wc) else ["--ground-truth"]))(wc),
+    log:
+        BENCH_CHAIN + "/logs/retrain.log",
+    benchmark:
+        BENCH_CHAIN + "/benchmarks/retrain.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_infer_stage2:
+    input:
+        data=BENCH_DATA,
+        checkpoint=BENCH_CHAIN + "/toy/retrain.pt",
+        code=stage_code("infer_stage2"),
+    output:
+        directory(BENCH_CHAIN + "/toy/stage2/val/infer"),
+    params:
+        config=chain_params("infer_stage2"),
+        cmd=chain_cmd("infer", "--stage2"),
+    log:
+        BENCH_CHAIN + "/logs/infer_stage2.log",
+    benchmark:
+        BENCH_CHAIN + "/benchmarks/infer_stage2.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_crf_stage2:
+    input:
+        data=BENCH_DATA,
+        infer=BENCH_CHAIN + "/toy/stage2/val/infer",
+        code=stage_code("crf_stage2"),
+    output:
+        directory(BENCH_CHAIN + "/toy/stage2/val/crf"),
+    params:
+        config=chain_params("crf_stage2"),
+        cmd=chain_cmd("crf", "--stage2", "-S crf.workers=1"),
+    log:
+        BENCH_CHAIN + "/logs/crf_stage2.log",
+    benchmark:
+        BENCH_CHAIN + "/benchmarks/crf_stage2.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_evaluate_stage2:
+    input:
+        data=BENCH_DATA,
+        infer=BENCH_CHAIN + "/toy/stage2/val/infer",
+        crf=BENCH_CHAIN + "/toy/stage2/val/crf",
+        code=stage_code("evaluate_stage2"),
+    output:
+        metrics=BENCH_CHAIN + "/metrics/toy_val_stage2.json",
+    params:
+        config=chain_params("evaluate_stage2"),
+        cmd=chain_cmd("evaluate", "--stage2"),
+    log:
+        BENCH_CHAIN + "/logs/evaluate_stage2.log",
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+def bench_two_stage_inputs(wc=None):
+    t = BENCH.two_stage
+    if t is None:
+        return []
+    chains = [f"{bench_design.RUNS}/{c}" for c in BENCH.chains()]
+    return ([f"{c}/metrics/toy_val_stage2.json" for c in chains]
+            + [f"{bench_design.RUNS}/{v}/s{s}/two_stage/metrics/toy_{BENCH_TRAIN_SPLIT}_pseudo.json" for v, s in BENCH.runs(t.variants)]
+            + bench_outputs("/{mode}/metrics/toy_val.json", [t.mode], t.variants))
+
+
+rule bench_two_stage:
+    input:
+        design=BENCH_DESIGN,
+        metrics=bench_two_stage_inputs(),
+        code=["wsss/benchmark/design.py", "wsss/benchmark/report.py", "wsss/benchmark/paired.py",
+              "wsss/benchmark/two_stage.py"],
+    output:
+        report=BENCH_OUT + "/two_stage.md",
+        runs=BENCH_OUT + "/two_stage.csv",
+        figure=BENCH_OUT + "/two_stage.png",
+    log:
+        BENCH_OUT + "/logs/two_stage.log",
+    shell:
+        "wsss benchmark-two-stage --params params.yaml --design {input.design} --runs {BENCH_OUT}/runs --out {BENCH_OUT} 2>&1 | tee {log}"

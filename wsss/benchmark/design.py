@@ -20,11 +20,23 @@ plug-ins, which differ from the reference in their additions only.
 A ``probes`` entry names more inference modes (``probes.inference``, written like ``inference``) that
 are run, on request only, on the trained models of some variants (``probes.variants``): diagnostics
 such as one scale at a time, which the main report does not wait for.
+
+A ``two_stage`` entry adds the second stage, also on request only (``results/benchmark/two_stage.md``):
+the trained runs of ``two_stage.variants`` export the pseudo-masks of the training split
+(``wsss pseudo`` in the inference mode ``two_stage.mode``), which are scored and retrained on
+(``wsss retrain`` with ``two_stage.params``, ``retrain.seed`` = the seed), the second stage then
+inferred, refined and evaluated in the same mode. Its ceiling is the same trainer, network and
+schedule on the ground-truth masks (``wsss retrain --ground-truth``) over ``two_stage.ceiling_seeds``,
+and ``two_stage.plateau`` lists budgets (``retrain.iterations``) of ground-truth runs of the first
+ceiling seed that show where the ceiling's validation mIoU stops rising. Each of these second-stage
+runs is a folder under ``RUNS`` (a "chain"): ``<variant>/s<seed>/two_stage``, ``ceiling/s<seed>``,
+``plateau/i<iterations>``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,12 +45,17 @@ from wsss.errors import WsssError
 
 TRAINERS = ("weak", "supervise")
 KEYS = {"seeds", "params", "backbone", "variants", "inference", "probes", "reference", "upper_bound", "qualitative",
-        "paired"}
+        "paired", "two_stage"}
+TWO_STAGE_KEYS = {"variants", "mode", "params", "ceiling_seeds", "plateau"}
 VARIANT_KEYS = ("label", "params", "train", "seeds")
 MIN_PAIRED_SEEDS = 2  # a per-seed difference needs two seeds for an interval
 RUNS = "results/benchmark/runs"                     # one folder per run: <variant>/s<seed>
 BACKBONE_NAME = "backbone"                          # the shared backbone's folder: not a variant name
 BACKBONE_RUN = f"{RUNS}/{BACKBONE_NAME}/s{{seed}}"  # the shared backbone of one seed
+CEILING_NAME, PLATEAU_NAME = "ceiling", "plateau"  # the second stage's ground-truth runs: not variant names
+CHAIN_PATTERN = rf"(?:\w+/s\d+/two_stage|{CEILING_NAME}/s\d+|{PLATEAU_NAME}/i\d+)"  # for Snakemake's wildcards
+CHAIN = re.compile(rf"(?:(?P<variant>\w+)/s(?P<seed>\d+)/two_stage|{CEILING_NAME}/s(?P<ceiling>\d+)"
+                   rf"|{PLATEAU_NAME}/i(?P<iterations>\d+))")
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,15 @@ class Mode:
 
 
 @dataclass(frozen=True)
+class TwoStage:
+    variants: list[str]    # the variants whose trained runs give pseudo-masks
+    mode: str              # the inference mode of the pseudo-masks and of the second stage's scoring
+    params: dict           # the second stage's settings (retrain.*)
+    ceiling_seeds: list[int]  # seeds of the ground-truth ceiling
+    plateau: list[int]     # retrain.iterations of the first ceiling seed's budget sweep
+
+
+@dataclass(frozen=True)
 class Design:
     path: Path
     seeds: list[int]
@@ -71,6 +97,7 @@ class Design:
     probes: dict[str, Mode] = field(default_factory=dict)  # inference modes run on request only (diagnostics)
     probe_variants: list[str] = field(default_factory=list)  # the variants the probes run on
     paired: list[str] = field(default_factory=list)  # the variants compared with the reference seed by seed
+    two_stage: TwoStage | None = None  # the second stage's runs, on request only
 
     def runs(self, variants: list[str] | None = None) -> list[tuple[str, int]]:
         """(variant, seed) of every trained run, in design order (of ``variants`` only, if given)."""
@@ -117,6 +144,40 @@ class Design:
     def config(self, params_files: list[str], variant: str, mode: str | None = None, seed: int | None = None) -> dict:
         """The resolved configuration of one run, as the stage CLIs will see it."""
         return params.load(params_files, self.overrides(variant, mode, seed))
+
+
+    def chains(self) -> list[str]:
+        """Every second-stage run folder under ``RUNS``: the pseudo-mask chains (variant by variant, seed by
+        seed), then the ceiling's seeds, then the plateau's budgets."""
+        t = self.two_stage
+        if t is None:
+            return []
+        return ([f"{v}/s{seed}/two_stage" for v, seed in self.runs(t.variants)]
+                + [f"{CEILING_NAME}/s{seed}" for seed in t.ceiling_seeds]
+                + [f"{PLATEAU_NAME}/i{n}" for n in t.plateau])
+
+    def chain_overrides(self, chain: str) -> list[str]:
+        """The ``-S`` overrides of every stage of one second-stage run. A pseudo-mask chain is its weak run in
+        ``two_stage.mode`` then ``two_stage.params``; the ground-truth runs take the shared ``params``, the mode and
+        ``two_stage.params`` (no variant: their network is the second stage's alone)."""
+        t = self.two_stage
+        match = CHAIN.fullmatch(chain)
+        if t is None or match is None:
+            raise WsssError(f"{self.path}: {chain!r} is not a second-stage run of the design")
+        if match["variant"] is not None:
+            seed = int(match["seed"])
+            if match["variant"] not in t.variants:
+                raise WsssError(f"{self.path}: {chain!r}: {match['variant']!r} is not in two_stage.variants")
+            return self.overrides(match["variant"], t.mode, seed) + _as_overrides({**t.params, "retrain.seed": seed})
+        seed = int(match["ceiling"]) if match["ceiling"] is not None else t.ceiling_seeds[0]
+        merged = {**self.params, **self.modes[t.mode].params, **t.params, "train.seed": seed, "retrain.seed": seed}
+        if match["iterations"] is not None:
+            merged["retrain.iterations"] = int(match["iterations"])
+        return _as_overrides(merged)
+
+    def chain_config(self, params_files: list[str], chain: str) -> dict:
+        """The resolved configuration of one second-stage run."""
+        return params.load(params_files, self.chain_overrides(chain))
 
 
 def _as_overrides(merged: dict) -> list[str]:
@@ -194,6 +255,36 @@ def _probes(raw, path: Path, variants: dict, modes: dict) -> tuple[dict[str, Mod
     return probes, [str(n) for n in names]
 
 
+def _two_stage(raw, path: Path, seeds: list[int], variants: dict, modes: dict) -> TwoStage | None:
+    if "two_stage" not in raw:
+        return None
+    node = raw["two_stage"]
+    if not isinstance(node, dict) or set(node) - TWO_STAGE_KEYS or "variants" not in node:
+        raise WsssError(f"{path}: key 'two_stage': expected a mapping with 'variants' and any of "
+                        f"{', '.join(sorted(TWO_STAGE_KEYS - {'variants'}))}, got {node!r}")
+    names = node["variants"]
+    if not isinstance(names, list) or not names:
+        raise WsssError(f"{path}: key 'two_stage.variants': expected a non-empty list of variant names, got {names!r}")
+    for name in names:
+        if name not in variants or variants[name].trainer != "weak":
+            raise WsssError(f"{path}: key 'two_stage.variants': {name!r} is not a weakly supervised variant "
+                            f"({', '.join(v for v in variants if variants[v].trainer == 'weak')})")
+    mode = str(node.get("mode", next(reversed(modes))))
+    if mode not in modes:
+        raise WsssError(f"{path}: key 'two_stage.mode': {mode!r} is not an inference mode ({', '.join(modes)})")
+    ceiling = _seeds(node.get("ceiling_seeds", seeds), f"{path}: key 'two_stage.ceiling_seeds'")
+    plateau = node.get("plateau", [])
+    if not isinstance(plateau, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                                                for n in plateau) or plateau != sorted(set(plateau)):
+        raise WsssError(f"{path}: key 'two_stage.plateau': expected increasing positive iteration counts, got {plateau!r}")
+    t_params = _mapping(node.get("params"), f"{path}: two_stage.params")
+    for key in t_params:
+        if not key.startswith("retrain."):
+            raise WsssError(f"{path}: key 'two_stage.params.{key}': only retrain.* keys belong to the second stage "
+                            "(the pseudo-masks come from the variant's run as it was trained)")
+    return TwoStage([str(n) for n in names], mode, t_params, ceiling, plateau)
+
+
 def load(path: str | Path, params_files: list[str] | None = None) -> Design:
     """Read and check a design file; with ``params_files``, also resolve every run's configuration."""
     path = Path(path)
@@ -225,9 +316,11 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
         backbone = _mapping(raw["backbone"].get("params"), f"{path}: backbone.params")
     design = Design(path, seeds, _mapping(raw.get("params"), f"{path}: params"), variants, modes,
                     str(raw.get("reference", "")), str(raw.get("upper_bound", "")), int(raw.get("qualitative", 6)),
-                    backbone, probes, probe_variants, _paired(raw, path, variants))
-    if BACKBONE_NAME in variants:
-        raise WsssError(f"{path}: variant name {BACKBONE_NAME!r} is taken by the shared backbone's runs")
+                    backbone, probes, probe_variants, _paired(raw, path, variants),
+                    _two_stage(raw, path, seeds, variants, modes))
+    for taken in (BACKBONE_NAME, CEILING_NAME, PLATEAU_NAME):
+        if taken in variants:
+            raise WsssError(f"{path}: variant name {taken!r} is taken by the benchmark's own runs")
     for key in ("reference", "upper_bound"):
         if getattr(design, key) not in variants:
             raise WsssError(f"{path}: key '{key}': {getattr(design, key)!r} is not a variant ({', '.join(variants)})")
@@ -247,6 +340,11 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
                 design.config(params_files, variant, mode, variants[variant].seeds[0])
             except WsssError as exc:
                 raise WsssError(f"{path}: variant {variant!r}, {kind} {mode!r}: {exc}") from None
+        for chain in design.chains():
+            try:
+                design.chain_config(params_files, chain)
+            except WsssError as exc:
+                raise WsssError(f"{path}: two_stage run {chain!r}: {exc}") from None
         if design.backbone is not None:
             try:
                 design.backbone_config(params_files, seeds[0])

@@ -153,9 +153,11 @@ def checks(design: bench_design.Design, summary: pd.DataFrame) -> list[tuple[str
 
 def job_time(design: bench_design.Design, runs: Path) -> tuple[float, int]:
     """(sum of job seconds, number of jobs) from Snakemake's benchmark files: training and the main
-    table's inference modes, not the probes. File times are not used: a copy or checkout resets them."""
+    table's inference modes, not the probes nor the second stage's runs. File times are not used: a copy or checkout resets them."""
     total, jobs = 0.0, 0
     for tsv in runs.glob("*/s*/benchmarks/*.tsv"):
+        if tsv.relative_to(runs).parts[0] not in (*design.variants, bench_design.BACKBONE_NAME):  # the second stage's
+            continue
         if any(tsv.stem.startswith(f"{probe}_") for probe in design.probes):  # <probe>_<stage>.tsv
             continue
         try:

@@ -2,8 +2,10 @@
 
 ``retrain.network`` names one of torchvision's builders (``torchvision.models.segmentation``):
 ``deeplabv3_resnet101`` (the VOC / COCO presets: the field's second stage is a DeepLab on a
-ResNet-101), ``deeplabv3_resnet50``, or ``deeplabv3_mobilenet_v3_large`` (the toy preset: small enough
-for a CPU). Built without the auxiliary head, with ``num_classes`` outputs (background included);
+ResNet-101), ``deeplabv3_resnet50``, ``deeplabv3_mobilenet_v3_large`` (the toy preset: small enough
+for a CPU) or ``lraspp_mobilenet_v3_large`` (LR-ASPP, 3.2 M parameters, about 2.5x faster a step
+than the DeepLabV3-MobileNetV3 on one CPU thread: the ablation benchmark's second stage). Built
+without the auxiliary head, with ``num_classes`` outputs (background included);
 with ``retrain.pretrained`` the backbone starts from ImageNet weights: the file ``retrain.weights``
 (torchvision's ResNet ImageNet file, e.g. ``resnet101-63fe2227.pth``), else torchvision's own weights
 from the torch hub cache. The head is always new.
@@ -20,7 +22,7 @@ from torchvision.models import segmentation
 from wsss import config as params
 from wsss.errors import WsssError
 
-NETWORKS = ("deeplabv3_resnet101", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large")
+NETWORKS = ("deeplabv3_resnet101", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large")
 _RESNETS = {"deeplabv3_resnet101": "resnet101", "deeplabv3_resnet50": "resnet50"}
 
 

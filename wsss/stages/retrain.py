@@ -6,6 +6,11 @@ before any training (one per training image, the image's size, class values of t
 ``wsss.engine.supervised``. Writes ``results/<dataset>/retrain.pt``, ``retrain_log.tsv`` and
 ``retrain.yaml``; ``wsss infer --stage2``, ``wsss crf --stage2`` and ``wsss evaluate --stage2`` then
 score it as the first stage is scored.
+
+With ``--ground-truth`` the same trainer, network and schedule learn from the training split's
+ground-truth masks instead (the folder ``wsss.data.voc.training_mask_dir`` names, as the weak
+training reads its image labels from): the fully supervised ceiling of the second stage, which the
+ablation benchmark's two-stage report measures WS-FCN against.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from tqdm import tqdm
 from wsss import config as params, provenance
 from wsss.data.dataset import check_mask, read_split
 from wsss.data.palette import load_mask
+from wsss.data.voc import training_mask_dir
 from wsss.engine import supervised
 from wsss.errors import WsssError
 from wsss.paths import for_config
@@ -41,6 +47,12 @@ def check_pseudo_masks(data_dir: Path, split: str, masks: Path, num_classes: int
 def run(cfg: dict, args) -> None:
     paths = for_config(cfg, args.results)
     provenance.check_dataset(paths.data, cfg)
+    if getattr(args, "ground_truth", False):
+        masks = paths.data / training_mask_dir(cfg, paths.data)
+        supervised.run(cfg, paths, "retrain", masks.resolve())
+        print(f"retrain: wrote {paths.checkpoint('retrain')} ({cfg['retrain']['iterations']} iterations on the "
+              f"ground-truth masks {masks})")
+        return
     masks = paths.pseudo / "masks"
     if not masks.is_dir():
         raise WsssError(f"pseudo-masks missing: {masks}; run `wsss pseudo` first")
