@@ -87,6 +87,8 @@ def test_the_committed_design_resolves_for_every_run():
     ({"two_stage": {"variants": ["wsfcn"], "params": {"train.lr": 0.1}}}, r"'two_stage.params.train.lr': only retrain"),
     ({"two_stage": {"variants": ["wsfcn"], "params": {"retrain.network": "unet"}}}, r"two_stage run 'wsfcn/s0/two_stage'.*retrain.network"),
     ({"variants": {"ceiling": {}, "supervised": {"train": "supervise"}}, "reference": "ceiling"}, "taken by the benchmark's own runs"),
+    ({"inference": {"two_stage": {}}}, "inference mode name 'two_stage' is taken"),
+    ({"two_stage": {"variants": ["wsfcn"], "plateau": [200, 1500]}}, r"'two_stage.plateau': 1500 is the ceiling's own budget"),
 ])
 def test_a_bad_design_is_refused_naming_the_key(tmp_path, change, message):
     with pytest.raises(WsssError, match=message):
@@ -343,14 +345,17 @@ def test_reduced_benchmark_runs_end_to_end(tmp_path):
     assert frame[(frame["kind"] == "stage2") & (frame["seed"] == 1)]["miou_crf"].iloc[0] == pytest.approx(stage2["miou_crf"], abs=1e-6)
     single = frame[(frame["kind"] == "single_stage") & (frame["seed"] == 1)]["miou_crf"].iloc[0]
     assert single == pytest.approx(ws[ws["seed"] == 1]["miou"].iloc[0], abs=1e-6), "the single stage is read, not re-run"
-    trained_on = {c: torch.load(out / "runs" / c / "toy" / "retrain.pt", map_location="cpu", weights_only=False)
-                  for c in ("ceiling/s0", "plateau/i3", "wsfcn/s0/two_stage")}
+    trained_on = {c: torch.load(out / "runs" / c / "toy" / name, map_location="cpu", weights_only=False)
+                  for c, name in (("ceiling/s0", "retrain_gt.pt"), ("plateau/i3", "retrain_gt.pt"),
+                                  ("wsfcn/s0/two_stage", "retrain.pt"))}
+    assert not (out / "runs" / "ceiling" / "s0" / "toy" / "retrain.pt").exists()
     assert trained_on["ceiling/s0"]["masks"].endswith("data/benchmark/toy/SegmentationClass")
     assert trained_on["wsfcn/s0/two_stage"]["masks"].endswith("runs/wsfcn/s0/two_stage/toy/train_aug/pseudo/masks")
     assert (trained_on["ceiling/s0"]["step"], trained_on["plateau/i3"]["step"]) == (6, 3)
     text = (out / "two_stage.md").read_text()
     assert "## The second stage against the single stage, paired by seed" in text and "| WS-FCN | 2 |" in text
-    assert "No budget above 6 iterations was run" in text and "| WS-FCN | pseudo-masks (training split) (32 images) | 2 |" in text
+    assert "Plateau: " in text and "(One ceiling seed: no spread over seeds to compare with.)" in text
+    assert "| WS-FCN | pseudo-masks (train, 32 images) | 2 |" in text
     assert (out / "two_stage.png").stat().st_size > 5000
     dry = sh([str(BIN / "snakemake"), "-n", "--cores", "2", "results/benchmark/two_stage.md"], repo).stdout
     assert "Nothing to be done" in dry
@@ -363,7 +368,7 @@ def test_the_second_stage_runs_continue_the_weak_runs_and_the_ceiling_has_no_var
     t = design.two_stage
     assert t.variants == ["wsfcn"] and t.mode == "ms" and t.ceiling_seeds == [0, 1, 2]
     assert design.chains() == [f"wsfcn/s{s}/two_stage" for s in range(5)] + [
-        "ceiling/s0", "ceiling/s1", "ceiling/s2", "plateau/i200", "plateau/i400", "plateau/i1600"]
+        "ceiling/s0", "ceiling/s1", "ceiling/s2", "plateau/i200", "plateau/i400", "plateau/i1600", "plateau/i3200"]
     chain, weak = design.chain_config(PARAMS, "wsfcn/s3/two_stage"), design.config(PARAMS, "wsfcn", "ms", 3)
     for section in ("model", "train", "infer", "crf", "data"):  # the pseudo-masks: the weak run as trained and scored
         assert chain[section] == weak[section], section
@@ -389,8 +394,13 @@ def _seconds(folder: Path, stem: str, seconds: float) -> None:
     (folder / f"{stem}.tsv").write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:00\t100\n")
 
 
-def test_the_two_stage_report_pairs_the_second_stage_with_the_single_stage_by_seed(tmp_path):
+def test_the_two_stage_report_pairs_the_second_stage_with_the_single_stage_by_seed(tmp_path, monkeypatch):
     from wsss.benchmark import two_stage
+
+    monkeypatch.chdir(tmp_path)  # data.root is relative: the training split's size comes from its list
+    split = tmp_path / "data/benchmark/toy/ImageSets/Segmentation/train_aug.txt"
+    split.parent.mkdir(parents=True)
+    split.write_text("".join(f"{i:04d}\n" for i in range(640)))
 
     design_path = write_design(tmp_path / "d.yaml", two_stage={
         "variants": ["wsfcn"], "mode": "ms", "params": {"retrain.iterations": 10}, "ceiling_seeds": [0, 1],
@@ -424,10 +434,21 @@ def test_the_two_stage_report_pairs_the_second_stage_with_the_single_stage_by_se
     assert two_stage.sweep(frame, design)["iterations"].tolist() == [5, 10, 20], "the first ceiling seed is the budget's point"
     text = (out / "two_stage.md").read_text()
     assert "| WS-FCN | 5 | +0.040 [" in text and "(better)" in text
-    assert "| WS-FCN | second stage | 0.260 / 0.520 = 50.0% | 0.360 / 0.620 = 58.1% |" in text
-    assert "Plateau: **no**: 20 iterations give +0.050 mIoU (with CRF) over the budget of 10" in text
+    assert "| WS-FCN | second stage | 10 iterations | 0.260 / 0.520 = 50.0% | 0.360 / 0.620 = 58.1% |" in text
+    assert "| WS-FCN | single stage | 20 iterations, seed 0 | 0.220 / 0.550 = 40.0% | 0.320 / 0.650 = 49.2% |" in text
+    assert "Plateau: **no**: 20 iterations give +0.050 mIoU (with CRF) over 10 (a plateau is a rise below +0.010" in text
+    assert "sample std over its 2 seeds at 10 iterations is 0.028 (with CRF)" in text
+    assert "| WS-FCN | pseudo-masks (train, 600 images) | 5 | 0.400 ± 0.000 | 0.500 ± 0.000 |" in text
+    assert "| 20 | 0.5 | 0.550 | 0.650 | +0.050 |" in text, "epochs of the 640-image training split at batch 16"
     assert "| WS-FCN | train | 12 | 10–14 |" in text and "| WS-FCN | retrain | 50 | 50–50 |" in text
     assert (out / "two_stage.png").stat().st_size > 5000
     (runs / "ceiling/s1/metrics/toy_val_stage2.json").unlink()
     with pytest.raises(WsssError, match=r"benchmark run missing: .*ceiling/s1/metrics/toy_val_stage2\.json"):
         two_stage.run({}, args)
+
+
+def test_a_second_stage_variant_scored_unlike_the_ceiling_is_refused_naming_the_key(tmp_path):
+    raw = yaml.safe_load((REPO / "workflow" / "benchmark.yaml").read_text())
+    raw["variants"]["wsfcn"]["params"] = {"infer.flip": False}
+    with pytest.raises(WsssError, match=r"two_stage run 'wsfcn/s0/two_stage': key 'infer.flip' is False, the ceiling's True"):
+        bench_design.load(write_design(tmp_path / "d.yaml", **raw), PARAMS)

@@ -180,15 +180,18 @@ def test_retrain_on_the_ground_truth_is_the_same_trainer_on_the_training_masks(r
     ceiling = tmp_path / "ceiling"
     proc = wsss("retrain", cwd, root, *FAST, *RETRAIN, extra=("--results", str(ceiling), "--ground-truth"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.splitlines()[-1].endswith(f"(9 iterations on the ground-truth masks {truth})")
+    assert proc.stdout.splitlines()[-1] == (f"retrain: wrote {ceiling}/toy/retrain_gt.pt (9 iterations on the "
+                                            f"ground-truth masks {truth})")
+    assert not (ceiling / "toy/retrain.pt").exists() and (ceiling / "toy/retrain_gt_log.tsv").is_file()
     copied = tmp_path / "copied"
     shutil.copytree(cwd / "results/toy/train_aug/pseudo", copied / "toy/train_aug/pseudo")
     names = (root / "toy/ImageSets/Segmentation/train_aug.txt").read_text().split()
     for name in names:
         shutil.copy(truth / f"{name}.png", copied / f"toy/train_aug/pseudo/masks/{name}.png")
     assert wsss("retrain", cwd, root, *FAST, *RETRAIN, extra=("--results", str(copied))).returncode == 0
-    mine, same, pseudo = (torch.load(folder / "toy/retrain.pt", map_location="cpu", weights_only=False)
-                          for folder in (ceiling, copied, cwd / "results"))
+    mine, same, pseudo = (torch.load(path, map_location="cpu", weights_only=False)
+                          for path in (ceiling / "toy/retrain_gt.pt", copied / "toy/retrain.pt", cwd / "results/toy/retrain.pt"))
+    assert mine["stage"] == "retrain" and mine["log"][0]["stage"] == "retrain"
     assert mine["masks"] == str(truth.resolve()) and pseudo["masks"] == str((cwd / "results/toy/train_aug/pseudo/masks").resolve())
     assert all(torch.equal(mine["model"][k], same["model"][k]) for k in mine["model"])
     assert [r["loss"] for r in mine["log"]] == [r["loss"] for r in same["log"]]

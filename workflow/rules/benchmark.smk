@@ -270,8 +270,9 @@ rule bench_probes:
 #
 # Each second-stage run ("chain", design.chains()) is a folder under results/benchmark/runs: a variant's
 # <variant>/s<seed>/two_stage (pseudo-masks of its trained run, scored, retrained on), ceiling/s<seed> (the
-# same trainer on the ground-truth masks) and plateau/i<iterations> (the ceiling's budget sweep). All use
-# the same stage CLIs as the main DAG's second stage with --results pointing at the chain.
+# same trainer on the ground-truth masks, `wsss retrain --ground-truth`: retrain_gt.pt) and plateau/i<iterations>
+# (the ceiling's budget sweep). All use the same stage CLIs as the main DAG's second stage with --results
+# pointing at the chain.
 BENCH_CHAIN = bench_design.RUNS + "/{chain}"
 BENCH_PSEUDO_CHAIN = bench_design.RUNS + "/{variant}/s{seed}/two_stage"
 BENCH_TRAIN_SPLIT = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["data"]["train_split"]
@@ -296,12 +297,17 @@ def chain_params(stage):
     return pick
 
 
-def chain_retrain_input(wc):
-    """A pseudo-mask chain retrains on its pseudo-masks; the ceiling and plateau runs on the ground truth."""
+def chain_checkpoint(wc):
+    """The second-stage checkpoint of a chain: retrain.pt on the pseudo-masks, retrain_gt.pt on the ground truth."""
     match = bench_design.CHAIN.fullmatch(wc.chain)
-    if match is not None and match["variant"] is not None:
-        return [f"{bench_design.RUNS}/{wc.chain}/toy/{BENCH_TRAIN_SPLIT}/pseudo"]
-    return []
+    name = "retrain" if match is not None and match["variant"] is not None else "retrain_gt"
+    return f"{bench_design.RUNS}/{wc.chain}/toy/{name}.pt"
+
+
+def chain_infer_cmd(wc):
+    """`wsss infer --stage2`, with the ground-truth runs' checkpoint named (the default is the pseudo-mask one)."""
+    gt = chain_checkpoint(wc).endswith("retrain_gt.pt")
+    return chain_cmd("infer", "--stage2", *(["--checkpoint", chain_checkpoint(wc)] if gt else []))(wc)
 
 
 rule bench_pseudo:
@@ -318,7 +324,7 @@ rule bench_pseudo:
         BENCH_PSEUDO_CHAIN + "/logs/pseudo.log",
     benchmark:
         BENCH_PSEUDO_CHAIN + "/benchmarks/pseudo.tsv"
-    threads: 2  # the network and one CRF worker process
+    threads: 1  # the network; its one CRF worker process mostly waits for it (about 1.2 cores busy)
     shell:
         "{params.cmd} > {log} 2>&1"
 
@@ -343,13 +349,33 @@ rule bench_evaluate_pseudo:
 rule bench_retrain:
     input:
         data=BENCH_DATA,
-        pseudo=chain_retrain_input,
+        pseudo=BENCH_PSEUDO_CHAIN + f"/toy/{BENCH_TRAIN_SPLIT}/pseudo",
         code=stage_code("retrain"),
     output:
-        checkpoint=BENCH_CHAIN + "/toy/retrain.pt",
+        checkpoint=BENCH_PSEUDO_CHAIN + "/toy/retrain.pt",
     params:
         config=chain_params("retrain"),
-        cmd=lambda wc: chain_cmd("retrain", *([] if chain_retrain_input(wc) else ["--ground-truth"]))(wc),
+        cmd=chain_cmd("retrain"),
+    log:
+        BENCH_PSEUDO_CHAIN + "/logs/retrain.log",
+    benchmark:
+        BENCH_PSEUDO_CHAIN + "/benchmarks/retrain.tsv"
+    threads: 1
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule bench_ceiling:
+    wildcard_constraints:
+        chain=bench_design.GROUND_TRUTH_PATTERN,
+    input:
+        data=BENCH_DATA,
+        code=stage_code("retrain"),
+    output:
+        checkpoint=BENCH_CHAIN + "/toy/retrain_gt.pt",
+    params:
+        config=chain_params("retrain"),
+        cmd=chain_cmd("retrain", "--ground-truth"),
     log:
         BENCH_CHAIN + "/logs/retrain.log",
     benchmark:
@@ -362,13 +388,13 @@ rule bench_retrain:
 rule bench_infer_stage2:
     input:
         data=BENCH_DATA,
-        checkpoint=BENCH_CHAIN + "/toy/retrain.pt",
+        checkpoint=chain_checkpoint,
         code=stage_code("infer_stage2"),
     output:
         directory(BENCH_CHAIN + "/toy/stage2/val/infer"),
     params:
         config=chain_params("infer_stage2"),
-        cmd=chain_cmd("infer", "--stage2"),
+        cmd=chain_infer_cmd,
     log:
         BENCH_CHAIN + "/logs/infer_stage2.log",
     benchmark:

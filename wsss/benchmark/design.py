@@ -53,7 +53,10 @@ RUNS = "results/benchmark/runs"                     # one folder per run: <varia
 BACKBONE_NAME = "backbone"                          # the shared backbone's folder: not a variant name
 BACKBONE_RUN = f"{RUNS}/{BACKBONE_NAME}/s{{seed}}"  # the shared backbone of one seed
 CEILING_NAME, PLATEAU_NAME = "ceiling", "plateau"  # the second stage's ground-truth runs: not variant names
-CHAIN_PATTERN = rf"(?:\w+/s\d+/two_stage|{CEILING_NAME}/s\d+|{PLATEAU_NAME}/i\d+)"  # for Snakemake's wildcards
+GROUND_TRUTH_PATTERN = rf"(?:{CEILING_NAME}/s\d+|{PLATEAU_NAME}/i\d+)"  # for Snakemake's wildcards
+CHAIN_PATTERN = rf"(?:\w+/s\d+/two_stage|{GROUND_TRUTH_PATTERN})"
+TWO_STAGE_NAME = "two_stage"  # a chain's folder under its weak run: not a mode name
+SCORED_ALIKE = ("infer", "crf", "eval", "retrain")  # sections every second-stage run of a design must share
 CHAIN = re.compile(rf"(?:(?P<variant>\w+)/s(?P<seed>\d+)/two_stage|{CEILING_NAME}/s(?P<ceiling>\d+)"
                    rf"|{PLATEAU_NAME}/i(?P<iterations>\d+))")
 
@@ -285,6 +288,43 @@ def _two_stage(raw, path: Path, seeds: list[int], variants: dict, modes: dict) -
     return TwoStage([str(n) for n in names], mode, t_params, ceiling, plateau)
 
 
+def _flat(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def _check_chains(design: Design, params_files: list[str]) -> None:
+    """Every second-stage run resolves; all share the ceiling's inference, CRF, evaluation and second-stage keys
+    (the seed and a plateau run's budget apart), so that they are scored alike; no plateau budget repeats the
+    ceiling's."""
+    if design.two_stage is None:
+        return
+    configs = {}
+    for chain in design.chains():
+        try:
+            configs[chain] = design.chain_config(params_files, chain)
+        except WsssError as exc:
+            raise WsssError(f"{design.path}: two_stage run {chain!r}: {exc}") from None
+    ceiling = f"{CEILING_NAME}/s{design.two_stage.ceiling_seeds[0]}"
+    budget = configs[ceiling]["retrain"]["iterations"]
+    if budget in design.two_stage.plateau:
+        raise WsssError(f"{design.path}: key 'two_stage.plateau': {budget} is the ceiling's own budget "
+                        "(retrain.iterations), already run by its first seed")
+    ignored = {"retrain.seed", "retrain.iterations"}
+    reference = {k: v for s in SCORED_ALIKE for k, v in _flat(configs[ceiling][s], s).items() if k not in ignored}
+    for chain, cfg in configs.items():
+        mine = {k: v for s in SCORED_ALIKE for k, v in _flat(cfg[s], s).items() if k not in ignored}
+        for key in sorted(set(reference) | set(mine)):
+            if mine.get(key) != reference.get(key):
+                raise WsssError(f"{design.path}: two_stage run {chain!r}: key '{key}' is {mine.get(key)!r}, the "
+                                f"ceiling's {reference.get(key)!r}: a variant's inference, CRF or second-stage keys "
+                                "would score its second stage unlike the ceiling")
+    for chain in design.chains():
+        if chain.endswith(TWO_STAGE_NAME) and configs[chain]["retrain"]["iterations"] != budget:
+            raise WsssError(f"{design.path}: two_stage run {chain!r}: retrain.iterations differs from the ceiling's")
+
+
 def load(path: str | Path, params_files: list[str] | None = None) -> Design:
     """Read and check a design file; with ``params_files``, also resolve every run's configuration."""
     path = Path(path)
@@ -306,6 +346,9 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
                                  _mapping(entry.get("params"), f"{path}: variants.{name}.params"), trainer, own)
     modes = _modes(raw.get("inference"), f"{path}: inference")
     probes, probe_variants = _probes(raw, path, variants, modes)
+    for name in list(modes) + list(probes):
+        if name == TWO_STAGE_NAME:
+            raise WsssError(f"{path}: inference mode name {TWO_STAGE_NAME!r} is taken by the second stage's runs")
     for name in list(variants) + list(modes) + list(probes):
         if not name.replace("_", "").isalnum():
             raise WsssError(f"{path}: name {name!r} must be letters, digits and '_' (it becomes a folder name)")
@@ -340,11 +383,7 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
                 design.config(params_files, variant, mode, variants[variant].seeds[0])
             except WsssError as exc:
                 raise WsssError(f"{path}: variant {variant!r}, {kind} {mode!r}: {exc}") from None
-        for chain in design.chains():
-            try:
-                design.chain_config(params_files, chain)
-            except WsssError as exc:
-                raise WsssError(f"{path}: two_stage run {chain!r}: {exc}") from None
+        _check_chains(design, params_files)
         if design.backbone is not None:
             try:
                 design.backbone_config(params_files, seeds[0])

@@ -47,11 +47,12 @@ def signature(cfg: dict) -> dict:
             "model": {"network": cfg["retrain"]["network"]}}
 
 
-def run(cfg: dict, paths: StagePaths, name: str, masks: Path) -> None:
+def run(cfg: dict, paths: StagePaths, name: str, masks: Path, output: str | None = None) -> None:
     """Train ``retrain.network`` on the training split's images with the masks in ``masks``; write
-    ``results/<dataset>/<name>.pt`` (the checkpoint, its ``config``, curve and ``masks`` folder),
-    ``<name>_log.tsv`` and ``<name>.yaml``. The resumable state is kept per configuration and mask
-    folder."""
+    ``results/<dataset>/<output>.pt`` (the checkpoint of stage ``name``: its ``config``, curve and the
+    ``masks`` folder's path), ``<output>_log.tsv`` and ``<output>.yaml``; ``output`` defaults to
+    ``name``. The resumable state is kept per configuration, mask folder path and output."""
+    output = output or name
     r = cfg["retrain"]
     dev = devices.resolve(r["device"])
     devices.limit_cpu_threads(dev, reserved=r["workers"])
@@ -61,7 +62,7 @@ def run(cfg: dict, paths: StagePaths, name: str, masks: Path) -> None:
     if len(dataset) < r["batch_size"]:
         raise WsssError(f"split '{cfg['data']['train_split']}' of {paths.data} has {len(dataset)} images, fewer than "
                         f"retrain.batch_size={r['batch_size']}")
-    state_path = paths.state / f"{name}-{params.fingerprint({'cfg': cfg, 'phase': name, 'masks': str(masks)})}.pt"
+    state_path = paths.state / f"{output}-{params.fingerprint({'cfg': cfg, 'phase': name, 'masks': str(masks)})}.pt"
     resume = checkpoint.load(state_path) if state_path.is_file() else None
     model = build_segmenter(cfg, load_weights=resume is None).to(dev)  # on resume the state brings the weights
     optimizer = build_optimizer(model, cfg, section="retrain")
@@ -105,10 +106,10 @@ def run(cfg: dict, paths: StagePaths, name: str, masks: Path) -> None:
         checkpoint.save(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                                      "step": step, "rng": checkpoint.rng_state(), "log": rows, "signature": signature(cfg)})
     bar.close()
-    checkpoint.save(paths.checkpoint(name), {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    checkpoint.save(paths.checkpoint(output), {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                              "epoch": epoch, "step": step, "rng": checkpoint.rng_state(), "log": rows,
                                              "signature": signature(cfg), "config": cfg, "stage": name,
                                              "supervised": True, "masks": str(masks)})
-    write_text(paths.train_log(name), curve_tsv(rows, LOG_COLUMNS))
-    write_yaml(paths.stage_config(name), cfg)
+    write_text(paths.train_log(output), curve_tsv(rows, LOG_COLUMNS))
+    write_yaml(paths.stage_config(output), cfg)
     state_path.unlink(missing_ok=True)

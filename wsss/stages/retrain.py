@@ -10,7 +10,9 @@ score it as the first stage is scored.
 With ``--ground-truth`` the same trainer, network and schedule learn from the training split's
 ground-truth masks instead (the folder ``wsss.data.voc.training_mask_dir`` names, as the weak
 training reads its image labels from): the fully supervised ceiling of the second stage, which the
-ablation benchmark's two-stage report measures WS-FCN against.
+ablation benchmark's two-stage report measures WS-FCN against. It writes ``retrain_gt.pt``,
+``retrain_gt_log.tsv`` and ``retrain_gt.yaml`` beside, never over, the second stage's files;
+``wsss infer --stage2 --checkpoint results/<dataset>/retrain_gt.pt`` scores it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from wsss.data.voc import training_mask_dir
 from wsss.engine import supervised
 from wsss.errors import WsssError
 from wsss.paths import for_config
+
+
+GROUND_TRUTH = "retrain_gt"  # the ceiling's files: results/<dataset>/retrain_gt.pt, _log.tsv, .yaml
 
 
 def check_pseudo_masks(data_dir: Path, split: str, masks: Path, num_classes: int) -> None:
@@ -49,8 +54,8 @@ def run(cfg: dict, args) -> None:
     provenance.check_dataset(paths.data, cfg)
     if getattr(args, "ground_truth", False):
         masks = paths.data / training_mask_dir(cfg, paths.data)
-        supervised.run(cfg, paths, "retrain", masks.resolve())
-        print(f"retrain: wrote {paths.checkpoint('retrain')} ({cfg['retrain']['iterations']} iterations on the "
+        supervised.run(cfg, paths, "retrain", masks.resolve(), output=GROUND_TRUTH)
+        print(f"retrain: wrote {paths.checkpoint(GROUND_TRUTH)} ({cfg['retrain']['iterations']} iterations on the "
               f"ground-truth masks {masks})")
         return
     masks = paths.pseudo / "masks"
