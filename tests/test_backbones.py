@@ -109,7 +109,7 @@ def test_psa_state_dict_loads_without_missing_keys(wr38_meta, monkeypatch):
     state = {k: torch.empty(shapes[k], device="meta") for k in psa_wr38_keys()}
     state["fc8.weight"] = torch.empty(20, 4096, 1, 1, device="meta")
     monkeypatch.setattr(weights_mod, "read_state_dict",
-                        lambda path: {k: v for k, v in state.items() if not k.startswith("fc8.")})
+                        lambda path, key: {k: v for k, v in state.items() if not k.startswith("fc8.")})
     report = load_backbone_weights(wr38_meta, "ilsvrc-cls_rna-a1_cls1000_ep-0001.pth", allow_partial=False)
     assert report["missing"] == [] and report["unexpected"] == [] and report["mismatched"] == []
     assert set(report["loaded"]) == psa_wr38_keys()
@@ -194,6 +194,12 @@ def test_weights_with_missing_and_unexpected_keys_raise_a_listing(tmp_path):
     assert "missing keys: stem.0.0.weight" in msg
     assert "unexpected keys: extra.conv.weight" in msg
     assert "allow_partial_weights" in msg
+    with pytest.raises(WsssError) as err:  # the second stage's file: its own key, no partial load to offer
+        load_backbone_weights(SmallNet(), path, allow_partial=False, key="retrain.weights")
+    assert str(err.value).startswith(f"key 'retrain.weights': {path} does not fit the SmallNet backbone; missing keys:")
+    assert "allow_partial_weights" not in str(err.value)
+    with pytest.raises(WsssError, match=f"key 'retrain.weights': weights file not found: {tmp_path / 'x.pth'}"):
+        read_state_dict(tmp_path / "x.pth", "retrain.weights")
 
 
 def test_weights_partial_load_is_logged(tmp_path, caplog):

@@ -73,6 +73,6 @@ def load_imagenet_backbone(model: Segmenter, name: str, weights: str | None) -> 
     if weights:
         if not Path(weights).is_file():
             raise WsssError(f"key 'retrain.weights': {weights} is not a file")
-        load_backbone_weights(model.net.backbone, weights)
+        load_backbone_weights(model.net.backbone, weights, key="retrain.weights")
         return
     load_torchvision_imagenet(model.net.backbone, _RESNETS[name], "retrain")

@@ -29,9 +29,10 @@ def _listing(names: list[str]) -> str:
     return shown + (f", ... ({more} more)" if more > 0 else "")
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, key: str = "model.weights") -> dict[str, torch.Tensor]:
     """A tensor state dict from ``path``: plain, or under a ``state_dict`` / ``model`` key;
-    a ``module.`` prefix (DataParallel) is stripped and classifier keys are dropped.
+    a ``module.`` prefix (DataParallel) is stripped and classifier keys are dropped. Errors name
+    ``key``, the parameter that gave the file (``model.weights``, ``retrain.weights``).
 
     A wsss checkpoint (``pretrain.pt``, ``train.pt``, ...) gives its backbone: the ``backbone.``
     entries of its model, prefix stripped. That is how a backbone trained by one run starts another
@@ -39,32 +40,34 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise WsssError(f"key 'model.weights': weights file not found: {path}")
+        raise WsssError(f"key '{key}': weights file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt / foreign files
         try:
             obj = checkpoint.load(path)  # its RNG state holds numpy arrays: a full load
         except WsssError:
-            raise WsssError(f"key 'model.weights': cannot read {path} as a PyTorch state dict: {exc}") from None
+            raise WsssError(f"key '{key}': cannot read {path} as a PyTorch state dict: {exc}") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WsssError(f"key 'model.weights': {path} does not hold a state dict of tensors")
+        raise WsssError(f"key '{key}': {path} does not hold a state dict of tensors")
     obj = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
     if any(k.startswith(BACKBONE_PREFIX) for k in obj):
         obj = {k[len(BACKBONE_PREFIX):]: v for k, v in obj.items() if k.startswith(BACKBONE_PREFIX)}
     return {k: v for k, v in obj.items() if not k.startswith(CLASSIFIER_PREFIXES)}
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | Path, allow_partial: bool = False) -> dict[str, list[str]]:
+def load_backbone_weights(backbone: nn.Module, path: str | Path, allow_partial: bool = False,
+                          key: str = "model.weights") -> dict[str, list[str]]:
     """Load ``path`` into ``backbone``. Missing, unexpected or wrongly shaped keys raise a
-    WsssError that lists them, unless ``allow_partial``: then they are logged and skipped.
+    WsssError that lists them, unless ``allow_partial``: then they are logged and skipped. Errors
+    name ``key``, the parameter that gave the file; only ``model.weights`` offers a partial load.
 
     Returns ``{"loaded": [...], "missing": [...], "unexpected": [...], "mismatched": [...]}``.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, key)
     own = backbone.state_dict()
     missing = sorted(k for k in own if k not in state and not k.endswith(_SKIPPED_BUFFERS))
     unexpected = sorted(k for k in state if k not in own)
@@ -78,9 +81,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, allow_partial: 
     if mismatched:
         problems.append(f"shape mismatches: {_listing(mismatched)}")
     if problems and not allow_partial:
-        raise WsssError(f"key 'model.weights': {path} does not fit the {type(backbone).__name__} backbone; "
-                        + "; ".join(problems)
-                        + " (set model.allow_partial_weights=true to load the matching keys anyway)")
+        hint = " (set model.allow_partial_weights=true to load the matching keys anyway)" if key == "model.weights" else ""
+        raise WsssError(f"key '{key}': {path} does not fit the {type(backbone).__name__} backbone; "
+                        + "; ".join(problems) + hint)
     for problem in problems:
         log.warning("loading %s with model.allow_partial_weights: %s", path, problem)
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
