@@ -190,6 +190,7 @@ def test_snakemake_runs_the_whole_dag(snakemake_run):
 @pytest.mark.parametrize("key,value,expected", [
     # a crf.* change re-runs the pseudo-masks and everything after them, and nothing before
     ("crf.bi_sxy", 50, {"crf", "evaluate", *TWO_STAGE}),
+    ("crf.workers", 1, set()),  # how many processes run the CRF changes no result
     ("infer.fp_cut", 0.2, {"infer", "crf", "evaluate"}),
     ("model.fca", False, set(STAGES) - {"prepare"}),
     ("presets.toy.train.pseudo_floor", 0.3, set(STAGES) - {"prepare", "pretrain"}),
@@ -255,6 +256,7 @@ def test_dvc_repro_runs_the_whole_dag_and_is_then_clean(dvc_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("key,value,changed,ran", [
     ("crf.bi_sxy", 50, {"crf", "pseudo", "crf_stage2"}, {"crf", "evaluate", *TWO_STAGE}),
+    ("crf.workers", 1, set(), None),
     ("infer.fp_cut", 0.2, {"infer"}, {"infer", "crf", "evaluate"}),  # not the pseudo-masks: their classes are the image labels
     # the whole re-run from pretrain is what test_dvc_exp_run_ablation_and_exp_show runs
     ("model.fca", False, {"pretrain", "train", "infer", "pseudo"}, None),
