@@ -200,6 +200,9 @@ def test_weights_with_missing_and_unexpected_keys_raise_a_listing(tmp_path):
     assert "allow_partial_weights" not in str(err.value)
     with pytest.raises(WsssError, match=f"key 'retrain.weights': weights file not found: {tmp_path / 'x.pth'}"):
         read_state_dict(tmp_path / "x.pth", "retrain.weights")
+    torch.save({"model": {"a": 1}}, tmp_path / "odd.pth")  # a wrapper key of the file is not the parameter's name
+    with pytest.raises(WsssError, match=f"^key 'retrain.weights': {tmp_path / 'odd.pth'} does not hold a state dict"):
+        read_state_dict(tmp_path / "odd.pth", "retrain.weights")
 
 
 def test_weights_partial_load_is_logged(tmp_path, caplog):

@@ -48,9 +48,9 @@ def read_state_dict(path: str | Path, key: str = "model.weights") -> dict[str, t
             obj = checkpoint.load(path)  # its RNG state holds numpy arrays: a full load
         except WsssError:
             raise WsssError(f"key '{key}': cannot read {path} as a PyTorch state dict: {exc}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WsssError(f"key '{key}': {path} does not hold a state dict of tensors")
     obj = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
