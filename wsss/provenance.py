@@ -72,11 +72,12 @@ def param_slice(cfg: dict, stage: str) -> dict[str, Any]:
     return {key: lookup(cfg, key) for key in stage_keys(stage)}
 
 
-def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+def leaves(value: Any, prefix: str) -> dict[str, Any]:
+    """``value`` (a nested mapping) as ``{"<prefix>.<dotted key>": leaf}``; a non-mapping is ``{prefix: value}``."""
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, sub in value.items():
-            out.update(_leaves(sub, f"{prefix}.{key}"))
+            out.update(leaves(sub, f"{prefix}.{key}"))
         return out
     return {prefix: value}
 
@@ -86,8 +87,8 @@ def differences(recorded: dict, cfg: dict, stage: str) -> list[str]:
     an output of ``stage`` (``keys_through``), ``EXECUTION_KEYS`` aside, and ``data.toy`` unless the dataset is toy."""
     out = []
     for key in keys_through(stage):
-        theirs = _leaves(lookup(recorded, key, None), key)
-        ours = _leaves(lookup(cfg, key), key)
+        theirs = leaves(lookup(recorded, key, None), key)
+        ours = leaves(lookup(cfg, key), key)
         for leaf in sorted((set(theirs) | set(ours)) - EXECUTION_KEYS):
             if leaf.startswith("data.toy.") and cfg["data"]["name"] != "toy":
                 continue  # the embedded dataset's knobs make no other dataset

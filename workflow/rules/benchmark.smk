@@ -24,7 +24,8 @@ BENCH_OUT = "results/benchmark"
 BENCH_RUN = bench_design.RUNS + "/{variant}/s{seed}"
 BENCH_BACKBONE_RUN = bench_design.BACKBONE_RUN
 BENCH_DATA_OVERRIDES = [o for o in BENCH.overrides(next(iter(BENCH.variants))) if o.startswith("data.")]
-BENCH_DATA = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["data"]["root"] + "/toy"
+BENCH_DATA_CFG = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["data"]
+BENCH_DATA = BENCH_DATA_CFG["root"] + "/toy"
 
 
 wildcard_constraints:
@@ -275,14 +276,19 @@ rule bench_probes:
 # pointing at the chain.
 BENCH_CHAIN = bench_design.RUNS + "/{chain}"
 BENCH_PSEUDO_CHAIN = bench_design.RUNS + "/{variant}/s{seed}/two_stage"
-BENCH_TRAIN_SPLIT = bench_design.params.load(["params.yaml"], BENCH_DATA_OVERRIDES)["data"]["train_split"]
+BENCH_TRAIN_SPLIT = BENCH_DATA_CFG["train_split"]
+
+
+def chain_of(wc):
+    """The chain a job belongs to: its {chain} wildcard, or the pseudo-mask chain of {variant} and {seed}."""
+    return getattr(wc, "chain", None) or f"{wc.variant}/s{wc.seed}/two_stage"
 
 
 def chain_cmd(stage, *args):
     """`wsss <stage>` for one second-stage run: the chain's overrides, one thread, --results at the chain."""
 
     def cmd(wc):
-        chain = getattr(wc, "chain", None) or f"{wc.variant}/s{wc.seed}/two_stage"
+        chain = chain_of(wc)
         return bench_shell(stage, BENCH.chain_overrides(chain),
                            ["--results", f"{bench_design.RUNS}/{chain}", *(a.format(**wc) for a in args)])
 
@@ -291,16 +297,14 @@ def chain_cmd(stage, *args):
 
 def chain_params(stage):
     def pick(wc):
-        chain = getattr(wc, "chain", None) or f"{wc.variant}/s{wc.seed}/two_stage"
-        return param_slice(BENCH.chain_config(["params.yaml"], chain), stage)
+        return param_slice(BENCH.chain_config(["params.yaml"], chain_of(wc)), stage)
 
     return pick
 
 
 def chain_checkpoint(wc):
     """The second-stage checkpoint of a chain: retrain.pt on the pseudo-masks, retrain_gt.pt on the ground truth."""
-    match = bench_design.CHAIN.fullmatch(wc.chain)
-    name = "retrain" if match is not None and match["variant"] is not None else "retrain_gt"
+    name = "retrain" if BENCH.chain_kind(wc.chain) == "pseudo" else "retrain_gt"
     return f"{bench_design.RUNS}/{wc.chain}/toy/{name}.pt"
 
 

@@ -40,7 +40,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wsss import config as params
+from wsss import config as params, provenance
 from wsss.errors import WsssError
 
 TRAINERS = ("weak", "supervise")
@@ -159,22 +159,26 @@ class Design:
                 + [f"{CEILING_NAME}/s{seed}" for seed in t.ceiling_seeds]
                 + [f"{PLATEAU_NAME}/i{n}" for n in t.plateau])
 
+    def chain_kind(self, chain: str) -> str:
+        """``pseudo`` (a variant's pseudo-mask chain), ``ceiling`` or ``plateau``; WsssError for another folder."""
+        match = CHAIN.fullmatch(chain)
+        if self.two_stage is None or match is None:
+            raise WsssError(f"{self.path}: {chain!r} is not a second-stage run of the design")
+        return "pseudo" if match["variant"] is not None else "ceiling" if match["ceiling"] is not None else "plateau"
+
     def chain_overrides(self, chain: str) -> list[str]:
         """The ``-S`` overrides of every stage of one second-stage run. A pseudo-mask chain is its weak run in
         ``two_stage.mode`` then ``two_stage.params``; the ground-truth runs take the shared ``params``, the mode and
         ``two_stage.params`` (no variant: their network is the second stage's alone)."""
-        t = self.two_stage
-        match = CHAIN.fullmatch(chain)
-        if t is None or match is None:
-            raise WsssError(f"{self.path}: {chain!r} is not a second-stage run of the design")
-        if match["variant"] is not None:
+        t, kind, match = self.two_stage, self.chain_kind(chain), CHAIN.fullmatch(chain)
+        if kind == "pseudo":
             seed = int(match["seed"])
             if match["variant"] not in t.variants:
                 raise WsssError(f"{self.path}: {chain!r}: {match['variant']!r} is not in two_stage.variants")
             return self.overrides(match["variant"], t.mode, seed) + _as_overrides({**t.params, "retrain.seed": seed})
-        seed = int(match["ceiling"]) if match["ceiling"] is not None else t.ceiling_seeds[0]
+        seed = int(match["ceiling"]) if kind == "ceiling" else t.ceiling_seeds[0]
         merged = {**self.params, **self.modes[t.mode].params, **t.params, "train.seed": seed, "retrain.seed": seed}
-        if match["iterations"] is not None:
+        if kind == "plateau":
             merged["retrain.iterations"] = int(match["iterations"])
         return _as_overrides(merged)
 
@@ -288,12 +292,6 @@ def _two_stage(raw, path: Path, seeds: list[int], variants: dict, modes: dict) -
     return TwoStage([str(n) for n in names], mode, t_params, ceiling, plateau)
 
 
-def _flat(node, prefix: str = "") -> dict:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
-
-
 def _check_chains(design: Design, params_files: list[str]) -> None:
     """Every second-stage run resolves; all share the ceiling's inference, CRF, evaluation and second-stage keys
     (the seed and a plateau run's budget apart), so that they are scored alike; no plateau budget repeats the
@@ -311,18 +309,18 @@ def _check_chains(design: Design, params_files: list[str]) -> None:
     if budget in design.two_stage.plateau:
         raise WsssError(f"{design.path}: key 'two_stage.plateau': {budget} is the ceiling's own budget "
                         "(retrain.iterations), already run by its first seed")
-    ignored = {"retrain.seed", "retrain.iterations"}
-    reference = {k: v for s in SCORED_ALIKE for k, v in _flat(configs[ceiling][s], s).items() if k not in ignored}
-    for chain, cfg in configs.items():
-        mine = {k: v for s in SCORED_ALIKE for k, v in _flat(cfg[s], s).items() if k not in ignored}
+    def scored(cfg: dict, ignored: set[str]) -> dict:
+        flat = {k: v for section in SCORED_ALIKE for k, v in provenance.leaves(cfg[section], section).items()}
+        return {k: v for k, v in flat.items() if k not in ignored}
+
+    for chain, cfg in configs.items():  # a plateau run differs from the ceiling in its budget, by design
+        ignored = {"retrain.seed"} | ({"retrain.iterations"} if design.chain_kind(chain) == "plateau" else set())
+        reference, mine = scored(configs[ceiling], ignored), scored(cfg, ignored)
         for key in sorted(set(reference) | set(mine)):
             if mine.get(key) != reference.get(key):
                 raise WsssError(f"{design.path}: two_stage run {chain!r}: key '{key}' is {mine.get(key)!r}, the "
                                 f"ceiling's {reference.get(key)!r}: a variant's inference, CRF or second-stage keys "
                                 "would score its second stage unlike the ceiling")
-    for chain in design.chains():
-        if chain.endswith(TWO_STAGE_NAME) and configs[chain]["retrain"]["iterations"] != budget:
-            raise WsssError(f"{design.path}: two_stage run {chain!r}: retrain.iterations differs from the ceiling's")
 
 
 def load(path: str | Path, params_files: list[str] | None = None) -> Design:

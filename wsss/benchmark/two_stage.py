@@ -70,11 +70,10 @@ def scores(design: bench_design.Design, params_files: list[str], runs: Path) -> 
         rows.append(_row("stage2", variant, seed, cfg["retrain"]["iterations"],
                          _read(for_config(cfg, runs / chain, stage2=True).metrics_json)))
     for chain in design.chains():
-        match = bench_design.CHAIN.fullmatch(chain)
-        if match["variant"] is not None:
+        kind = design.chain_kind(chain)
+        if kind == "pseudo":
             continue
         cfg = design.chain_config(params_files, chain)
-        kind = "ceiling" if match["ceiling"] is not None else "plateau"
         rows.append(_row(kind, bench_design.CEILING_NAME, cfg["retrain"]["seed"], cfg["retrain"]["iterations"],
                          _read(for_config(cfg, runs / chain, stage2=True).metrics_json)))
     frame = pd.DataFrame(rows)
