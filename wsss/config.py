@@ -9,6 +9,7 @@ configuration of every preset and injects no defaults.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -72,12 +73,21 @@ def parse_yaml(text: str, path: str | Path) -> Any:
 
     So ``lr: 1e-3`` is a float and ``flag: yes`` a string, in params.yaml and in overlays alike.
     """
-    from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml import YAMLError
 
     try:
-        return YAML(typ="safe").load(text)
+        return copy.deepcopy(_parse_text(text))
     except YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_text(text: str) -> Any:
+    """``parse_yaml``'s parse, kept per text: the benchmark's design check and Snakemake's jobs resolve the
+    same params.yaml dozens of times in one process. Callers get a deep copy."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(text)
 
 
 def load_mapping(path: Path, what: str = "params file") -> dict:
@@ -153,7 +163,9 @@ def _format_error(err: jsonschema.ValidationError) -> str:
     return f"key '{path}': {err.message}"
 
 
+@functools.lru_cache(maxsize=1)
 def _schema() -> dict:
+    """The parameter schema, parsed once per process (resolving runs it for every Snakemake job)."""
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 
