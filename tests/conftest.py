@@ -364,3 +364,22 @@ def voc_data_cfg(root: Path, source: str | None = None) -> dict:
     """A ``data`` section for voc, preparing under ``root`` with its download cache there."""
     return {"name": "voc", "root": str(root), "downloads": str(Path(root) / "downloads"), "source": source,
             "train_split": "train_aug", "eval_split": "val", "toy": small_toy_cfg()}
+
+
+def run_killed_after_first_epoch(monkeypatch, cfg: dict, phase, paths) -> None:
+    """Run ``phase`` into ``paths`` and stop it (KeyboardInterrupt) right after its first epoch's
+    resumable state reached the disk, as a kill would; the final checkpoint is then not written."""
+    from wsss.engine import checkpoint, trainer
+
+    real_save = checkpoint.save
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if Path(path).parent == paths.state and "epoch" in state:  # the state, not the best weights beside it
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(cfg, phase, paths)
+    monkeypatch.setattr(trainer.checkpoint, "save", real_save)
+    assert not paths.checkpoint(phase.name).exists()

@@ -37,6 +37,8 @@ def test_the_presets_take_the_public_code_defaults(name):
     assert (crf["bi_sxy"], crf["bi_srgb"], crf["bi_compat"], crf["gauss_sxy"], crf["gauss_compat"], crf["iters"]) == (30, 13, 10, 3, 3, 10)
     assert (crf["background"], crf["bg_power"], crf["labels"], crf["unary_clip"]) == ("fg_power", 5.0, "all", 1e-5)
     assert cfg["train"]["lr_mults"] == [1, 2, 20, 40] and cfg["model"]["fca_bn"] == "frozen"
+    t = cfg["train"]
+    assert (t["select"], t["val_every"], t["val_split"]) == ("best", 2, "val")  # validate every even epoch, keep the best
 
 
 def test_sf2_upsamples_the_reduced_context_without_aligned_corners():

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_TRAINING
+from conftest import TINY_TRAINING, run_killed_after_first_epoch
 from wsss import config
 from wsss.engine import checkpoint, trainer
 from wsss.errors import WsssError
@@ -241,17 +241,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, 
     expected = checkpoint.load(whole.checkpoint("pretrain"))
 
     paths = for_config(cfg, tmp_path / "killed")
-    real_save = checkpoint.save
-
-    def save_then_die(path, state):
-        real_save(path, state)
-        if Path(path).parent == paths.state:
-            raise KeyboardInterrupt  # killed right after the first epoch's state reached the disk
-
-    monkeypatch.setattr(trainer.checkpoint, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run(cfg, phase, paths)
-    monkeypatch.setattr(trainer.checkpoint, "save", real_save)
+    run_killed_after_first_epoch(monkeypatch, cfg, phase, paths)
     assert not paths.checkpoint("pretrain").exists() and len(list(paths.state.glob("pretrain-*.pt"))) == 1
     capsys.readouterr()
     trainer.run(cfg, phase, paths)

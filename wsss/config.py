@@ -180,6 +180,21 @@ def validate(resolved: dict, origin: str = "params") -> None:
     train = resolved["train"]
     if train["cls_epochs"] > train["epochs"]:
         raise ParamsError(f"{origin}: key 'train.cls_epochs' ({train['cls_epochs']}) exceeds 'train.epochs' ({train['epochs']})")
+    if train["select"] == "best" and not validation_epochs(train):
+        raise ParamsError(f"{origin}: key 'train.select' is 'best', but 'train.val_every' ({train['val_every']}) validates "
+                          f"none of the segmentation epochs {train['cls_epochs']}..{train['epochs'] - 1}; set "
+                          "train.val_every or train.select=last")
+
+
+def validation_epochs(train: dict) -> list[int]:
+    """The epochs ``e`` before whose training the validation loss is computed: the segmentation epochs
+    ``cls_epochs <= e < epochs`` with ``e % val_every == 0`` (none when ``val_every`` is 0).
+
+    The public SSSS / WS-FCN loop validates at the start of every even epoch and keeps a checkpoint
+    only from the segmentation epochs on; the weights after the last epoch are never validated.
+    """
+    every = train["val_every"]
+    return [e for e in range(train["cls_epochs"], train["epochs"]) if every and e % every == 0]
 
 
 def resolve(raw: dict, overrides: Iterable[str] = (), origin: str = "params") -> dict:

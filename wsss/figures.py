@@ -44,3 +44,44 @@ def iou_figure(df: pd.DataFrame, conf: np.ndarray, title: str, path: Path) -> No
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def training_curve(rows: list[dict], val_rows: list[dict], selected: dict, title: str, path: Path) -> None:
+    """A training stage's figure, written atomically to ``path`` (PNG): the logged training loss and
+    its terms against the optimiser step, the validation loss at the step it was computed, and the
+    epoch whose weights the checkpoint holds (``selected``: ``rule``, ``epoch``, ``score``) marked.
+
+    ``rows``: the stage's curve rows (``step``, ``loss``, ``cls``, ``seg``); ``val_rows``: its
+    validation rows (``epoch``, ``step``, ``val_loss``); either may be empty.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if rows:
+        steps = [r["step"] for r in rows]
+        for column, style in (("loss", "-"), ("cls", ":"), ("seg", "--")):
+            ax.plot(steps, [r[column] for r in rows], style, lw=1, label=f"training {column}")
+    if val_rows:
+        ax.plot([r["step"] for r in val_rows], [r["val_loss"] for r in val_rows], "o-", color="black",
+                label="validation loss")
+        for r in val_rows:
+            ax.annotate(f"e{r['epoch']}", (r["step"], r["val_loss"]), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=7)
+    if selected["rule"] == "best":
+        chosen = next(r for r in val_rows if r["epoch"] == selected["epoch"])
+        ax.plot([chosen["step"]], [chosen["val_loss"]], "*", ms=16, color="tab:red",
+                label=f"kept: after epoch {selected['epoch']} (score {selected['score']:.4f})")
+        kept = "the weights with the best 1 - mean validation loss"
+    else:
+        kept = f"the last weights (epoch {selected['epoch']})"
+    ax.set_title(f"{title}: kept {kept}", fontsize=10)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -34,6 +34,14 @@ class StagePaths:
     def train_log(self, stage: str) -> Path:
         return self.run / f"{stage}_log.tsv"
 
+    def val_log(self, stage: str) -> Path:
+        """The validation rows of ``train`` / ``supervise`` (``wsss.engine.validation.VAL_COLUMNS``)."""
+        return self.run / f"{stage}_val.tsv"
+
+    def curve_figure(self, stage: str) -> Path:
+        """The training and validation loss of ``train`` / ``supervise``, the selected epoch marked."""
+        return self.run / f"{stage}_curve.png"
+
     def stage_config(self, stage: str) -> Path:
         return self.run / f"{stage}.yaml"
 

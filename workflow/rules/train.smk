@@ -7,6 +7,8 @@ rule train:
         checkpoint="results/{dataset}/train.pt",
         config="results/{dataset}/train.yaml",
         curve="results/{dataset}/train_log.tsv",
+        validation="results/{dataset}/train_val.tsv",
+        figure="results/{dataset}/train_curve.png",
     params:
         config=stage_params("train"),
     log:

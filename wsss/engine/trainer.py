@@ -1,9 +1,12 @@
 """The training loop shared by `pretrain` and `train`: epochs, logging, resumable state, final checkpoint.
 
 `pretrain` runs epochs [0, cls_epochs) with the classification loss only; `train` starts from the
-pretrain checkpoint and runs [cls_epochs, epochs) with the segmentation term switched on. After every
-epoch the full state (model, optimiser, epoch, RNG states, curve rows) is saved atomically under
-``results/<dataset>/state/``; the same command re-run after a kill continues from there.
+pretrain checkpoint and runs [cls_epochs, epochs) with the segmentation term switched on, computing
+the validation loss before the epochs `wsss.config.validation_epochs` names (`wsss.engine.validation`)
+and, with ``train.select: best``, ending with the weights it scored best. After every epoch the full
+state (model, optimiser, epoch, RNG states, curve and validation rows, the best score so far) is saved
+atomically under ``results/<dataset>/state/`` (the best weights beside it); the same command re-run
+after a kill continues from there.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from wsss.data.dataset import VOCSegmentation
 from wsss.data.transforms import TrainTransform
 from wsss.data.voc import training_mask_dir
 from wsss.data.weights import fetch_weights
-from wsss.engine import checkpoint, device as devices
+from wsss.figures import training_curve
+from wsss.engine import checkpoint, device as devices, validation
 from wsss.errors import WsssError
 from wsss.model.losses import build_loss
 from wsss.model.network import build_model
@@ -132,6 +136,8 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
     optimizer = build_optimizer(model, cfg, extra=plugins)  # without plug-ins: the model's groups, unchanged
     loss_fn = build_loss(cfg, supervised=phase.supervised)
     rows: list[dict] = []
+    val_rows: list[dict] = []
+    best: dict = {"epoch": None, "score": None}  # the best validation so far (train.select: best)
     start, step = phase.first_epoch, 0  # step counts optimiser steps over the whole schedule
 
     if phase.init_checkpoint is not None:
@@ -156,11 +162,24 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
             plugins.load_state_dict(state["plugins"])
         checkpoint.set_rng_state(state["rng"])
         start, rows, step = state["epoch"], state["log"], state["step"]
+        val_rows, best = state["val_log"], state["best"]
         print(f"resuming {phase.name} from {state_path} at epoch {start}")
 
     dataset = _dataset(cfg)
+    val_epochs = [e for e in params.validation_epochs(t) if phase.first_epoch <= e < phase.end_epoch]
+    val_data = validation.val_dataset(cfg) if val_epochs else None
+    best_path = state_path.with_name(f"{state_path.stem}-best.pt")
     use_amp = t["amp"] and dev.type == "cuda"
     for epoch in range(start, phase.end_epoch):
+        if epoch in val_epochs:  # before the epoch's training, as the public code does
+            losses = validation.validation_loss(model, loss_fn, val_data, cfg, dev, phase.supervised)
+            score = validation.score(losses)
+            val_rows.append({"stage": phase.name, "epoch": epoch, "step": step,
+                             **{k: round(v, 5) for k, v in losses.items()}, "score": round(score, 5)})
+            print(f"{phase.name}: validation loss {losses['val_loss']:.4f} after {epoch} epochs")
+            if t["select"] == "best" and (best["score"] is None or score > best["score"]):
+                checkpoint.save(best_path, {"model": model.state_dict(), **_plugin_state(plugins)})
+                best = {"epoch": epoch, "score": score}
         model.train()
         seg_on = epoch >= t["cls_epochs"]
         loader = _loader(dataset, cfg, epoch)
@@ -198,15 +217,30 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
                 bar.set_postfix(loss=f"{value['total']:.3f}", seg=f"{value['seg']:.3f}")
         checkpoint.save(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "log": rows,
+                                     "val_log": val_rows, "best": best,
                                      "signature": checkpoint.model_signature(cfg), **_plugin_state(plugins)})
 
+    selected = {"rule": "last", "epoch": phase.end_epoch, "score": None}
+    if best["epoch"] is not None:  # train.select: best, and a validation ran in this phase
+        chosen = checkpoint.read(best_path)
+        model.load_state_dict(chosen["model"])
+        if plugins:
+            plugins.load_state_dict(chosen["plugins"])
+        selected = {"rule": "best", **best}
     checkpoint.save(out_checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": phase.end_epoch, "step": step, "rng": checkpoint.rng_state(), "log": rows,
                                      "signature": checkpoint.model_signature(cfg), "config": cfg,
-                                     "stage": phase.name, "supervised": phase.supervised, **_plugin_state(plugins)})
-    write_text(out_log, curve_tsv([r for r in rows if r["stage"] == phase.name], LOG_COLUMNS + plugins.columns))
+                                     "stage": phase.name, "supervised": phase.supervised, "val_log": val_rows,
+                                     "selected": selected, **_plugin_state(plugins)})
+    curve = [r for r in rows if r["stage"] == phase.name]
+    write_text(out_log, curve_tsv(curve, LOG_COLUMNS + plugins.columns))
+    if phase.name != "pretrain":
+        write_text(paths.val_log(phase.name), curve_tsv(val_rows, validation.VAL_COLUMNS))
+        training_curve(curve, val_rows, selected, f"{phase.name} ({cfg['data']['name']})",
+                       paths.curve_figure(phase.name))
     write_yaml(out_config, cfg)
     state_path.unlink(missing_ok=True)
+    best_path.unlink(missing_ok=True)
 
 
 def run_stage(stage: str, cfg: dict, results: str | Path | None = None) -> None:

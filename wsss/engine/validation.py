@@ -1,0 +1,76 @@
+"""The validation loss during training and the choice of the checkpoint it scores best.
+
+The public SSSS and WS-FCN code (``train.py``, ``validation``; the spec's section 4) computes, at the
+start of every even epoch, the training loss of the network in evaluation mode on the validation
+list, loaded as the training images are (the random resized crop, flip and colour jitter, batches
+of the training batch size, in list order) and averaged over batches; from the segmentation epochs
+on it keeps the weights whose ``1 - mean loss`` is strictly higher than every earlier one. Here:
+
+- ``train.val_every`` sets the epochs (`wsss.config.validation_epochs`), ``train.val_split`` the list,
+  ``train.select`` whether the final checkpoint holds the best weights (``best``) or the last (``last``);
+- the loss is the method's own (``cls`` + ``seg_weight`` x ``seg``, or the supervised loss of
+  `wsss supervise`), without the plug-ins' terms, so that variants are selected by one criterion;
+- the augmentation draws from a generator seeded by ``train.seed`` alone, so every validation sees the
+  same crops and the training's own random stream is left as it was (the public code draws from the
+  training's global stream).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from wsss import config as params
+from wsss.data.dataset import VOCSegmentation, split_path
+from wsss.data.transforms import TrainTransform
+from wsss.errors import WsssError
+from wsss.paths import for_config
+
+VAL_COLUMNS = ["stage", "epoch", "step", "val_loss", "val_cls", "val_seg", "score"]
+
+
+def val_dataset(cfg: dict) -> VOCSegmentation:
+    """The validation list ``train.val_split`` with the training transform; every listed file checked.
+
+    WsssError naming the key when the list is not in the dataset.
+    """
+    root = for_config(cfg).data
+    split = cfg["train"]["val_split"]
+    if not split_path(root, split).is_file():
+        raise WsssError(f"{split_path(root, split)}: the validation list of key 'train.val_split' ({split!r}) is not "
+                        "in the dataset; name another list, or set train.val_every=0 and train.select=last")
+    return VOCSegmentation(root, cfg["train"]["val_split"], params.num_classes(cfg),
+                           transform=TrainTransform.from_config(cfg))
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, loss_fn, dataset: VOCSegmentation, cfg: dict, device: torch.device,
+                    supervised: bool = False) -> dict:
+    """The mean over batches of the loss terms on ``dataset``, the network in evaluation mode.
+
+    Returns ``{"val_loss", "val_cls", "val_seg"}`` (floats; ``val_loss`` is the total). The network is
+    left in evaluation mode; the global random generators are restored to their state on entry.
+    """
+    t = cfg["train"]
+    model.eval()
+    sums = {"total": 0.0, "cls": 0.0, "seg": 0.0}
+    batches = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(t["seed"])
+        generator = torch.Generator().manual_seed(t["seed"])
+        loader = DataLoader(dataset, batch_size=t["batch_size"], shuffle=False, drop_last=False,
+                            num_workers=t["workers"], generator=generator)
+        for batch in loader:
+            images = batch["image"].to(device)
+            out = model(images)
+            extra = {"mask": batch["mask"].to(device)} if supervised else {}
+            losses = loss_fn(out, batch["raw"].to(device), batch["labels"].to(device), seg_on=True, **extra)
+            for key in sums:
+                sums[key] += float(losses[key])
+            batches += 1
+    return {"val_loss": sums["total"] / batches, "val_cls": sums["cls"] / batches, "val_seg": sums["seg"] / batches}
+
+
+def score(row: dict) -> float:
+    """The public code's checkpoint score: ``1 - mean validation loss`` (higher is better)."""
+    return 1.0 - row["val_loss"]
