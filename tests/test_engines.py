@@ -218,6 +218,27 @@ def test_snakemake_configfile_overlay_is_an_ablation(snakemake_run, tmp_path):
     assert "wsss train -S data.name=toy" in out  # the same command: the overlay reaches the stages via WSSS_PARAMS
 
 
+@pytest.mark.slow
+def test_snakemake_scatters_infer_and_crf_into_shards_with_the_same_result(snakemake_run, tmp_path):
+    """`--set-scatter infer=3 crf=2` on a copy of the finished run: shard jobs then a gather for each,
+    the same mask bytes and mIoU table as the unsharded run, the shards removed, and nothing left to do."""
+    repo = tmp_path / "sharded"
+    shutil.copytree(snakemake_run, repo, symlinks=True)
+    scatter = ["--set-scatter", "infer=3", "crf=2"]
+    proc = sh([str(BIN / "snakemake"), "--cores", "2", "results/toy_val_miou.csv", *scatter], repo)
+    jobs = re.findall(r"^(?:local)?rule (\w+):", proc.stdout + proc.stderr, flags=re.M)
+    assert sorted(jobs) == sorted(["infer_shard"] * 3 + ["infer"] + ["crf_shard"] * 2 + ["crf", "evaluate"])
+
+    def masks(run: Path, stage: str) -> dict:
+        return {p.name: p.read_bytes() for p in sorted((run / "results/toy/val" / stage / "masks").glob("*.png"))}
+
+    for stage in ("infer", "crf"):
+        assert masks(repo, stage) == masks(snakemake_run, stage) and len(masks(repo, stage)) == REDUCED["data.toy.n_val"]
+        assert not (repo / "results/toy/val" / f"{stage}.shards").exists()
+    assert (repo / "results/toy_val_miou.csv").read_bytes() == (snakemake_run / "results/toy_val_miou.csv").read_bytes()
+    assert jobs_planned(repo, "results/toy_val_miou.csv", *scatter) == set()
+
+
 def test_replace_workflow_config_keeps_params_yaml_as_the_base(tmp_path):
     repo = make_copy(tmp_path / "repo", reduced=False)
     small = repo / "small.yaml"

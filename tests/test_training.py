@@ -191,6 +191,70 @@ def test_the_infer_stage_writes_what_predict_and_combine_give(pretrained):
     assert proc.returncode == 2 and "larger than key 'infer.pad_size' [40, 40]" in proc.stderr
 
 
+def test_sharded_infer_and_crf_equal_the_unsharded_run_byte_for_byte(pretrained, tmp_path):
+    """Three infer shards and two CRF shards, gathered, against the unsharded runs: the same mask bytes,
+    class scores and probabilities; a gather over a missing shard names it and writes nothing."""
+    import shutil
+
+    import numpy as np
+
+    cwd, root = trained(pretrained)
+    opts = (*SCHEDULE, "infer.scales=[1.0, 0.5]", "crf.workers=1")
+    run = cwd / "results/toy/val"
+
+    def files(folder: Path) -> dict:
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.suffix in (".png", ".tsv")}
+
+    for stage in ("infer", "crf"):
+        assert wsss(stage, cwd, root, *opts).returncode == 0
+    for stage in ("infer", "crf"):
+        shutil.move(run / stage, tmp_path / stage)
+    for i in (3, 1):
+        proc = wsss("infer", cwd, root, *opts, extra=("--shard", f"{i}/3"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.endswith(f"infer: wrote 8 masks to results/toy/val/infer.shards/{i}-of-3\n")
+    proc = wsss("infer", cwd, root, *opts, extra=("--gather", "3"))
+    assert proc.returncode == 2 and "infer.shards: shard 2-of-3 missing; run `wsss infer --shard I/3`" in proc.stderr
+    assert not (run / "infer").exists()
+    assert wsss("infer", cwd, root, *opts, extra=("--shard", "2-of-3")).returncode == 0  # Snakemake's spelling
+    proc = wsss("infer", cwd, root, *opts, extra=("--gather", "3"))
+    assert proc.returncode == 0 and proc.stdout.endswith("infer: gathered 3 shards (24 masks) into results/toy/val/infer\n")
+    assert files(run / "infer") == files(tmp_path / "infer") and len(files(run / "infer")) == 25
+    for npz in sorted((tmp_path / "infer" / "probs").glob("*.npz")):
+        with np.load(npz) as a, np.load(run / "infer" / "probs" / npz.name) as b:
+            assert np.array_equal(a["probs"], b["probs"]) and np.array_equal(a["classes"], b["classes"])
+    assert not (run / "infer.shards").exists()
+    for i in (1, 2):
+        assert wsss("crf", cwd, root, *opts, extra=("--shard", f"{i}/2")).returncode == 0
+    proc = wsss("crf", cwd, root, *opts, extra=("--gather", "2"))
+    assert proc.returncode == 0 and proc.stdout.endswith("crf: gathered 2 shards (24 masks) into results/toy/val/crf\n")
+    assert files(run / "crf") == files(tmp_path / "crf") and len(files(run / "crf")) == 24
+    assert yaml.safe_load((run / "crf" / "config.yaml").read_text()) == yaml.safe_load(
+        (tmp_path / "crf" / "config.yaml").read_text())
+
+
+def test_a_gather_refuses_a_shard_of_other_params_or_of_another_block(pretrained):
+    import shutil
+
+    cwd, root = trained(pretrained)
+    opts = (*SCHEDULE, "infer.scales=[1.0]")
+    shards = cwd / "results/toy/val/infer.shards"
+    assert wsss("infer", cwd, root, *opts, extra=("--shard", "1/2")).returncode == 0
+    assert wsss("infer", cwd, root, *opts, "infer.fp_cut=0.3", extra=("--shard", "2/2")).returncode == 0
+    proc = wsss("infer", cwd, root, *opts, extra=("--gather", "2"))
+    assert proc.returncode == 2 and "infer.shards/2-of-2" in proc.stderr and "infer.fp_cut" in proc.stderr
+    assert wsss("infer", cwd, root, *opts, extra=("--shard", "1/3")).returncode == 0
+    (shards / "2-of-2").rename(shards / "old")
+    (shards / "1-of-3").rename(shards / "2-of-2")  # the first third where the second half belongs
+    proc = wsss("infer", cwd, root, *opts, extra=("--gather", "2"))
+    assert proc.returncode == 2 and "2-of-2: holds 8 images, its block has 12; missing" in proc.stderr
+    for bad, message in (("0/3", "the shard index must be 1..3"), ("4/3", "the shard index must be 1..3"),
+                         ("2", "expected I/N"), ("1/25", "25 shards for 24 images")):
+        proc = wsss("infer", cwd, root, *opts, extra=("--shard", bad))
+        assert proc.returncode == 2 and message in proc.stderr, (bad, proc.stderr[-500:])
+    shutil.rmtree(shards)
+
+
 def test_the_crf_stage_names_what_is_wrong_with_its_input(pretrained, tmp_path):
     import shutil
 

@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
             if name == "evaluate":
                 which.add_argument("--pseudo", action="store_true",
                                    help="score the pseudo-masks of `wsss pseudo` on pseudo.score_split instead")
+        if name in ("infer", "crf"):
+            sharding = p.add_mutually_exclusive_group()
+            sharding.add_argument("--shard", default=None, metavar="I/N",
+                                  help="only the I-th of N contiguous blocks of the images (1-based), into "
+                                       f"<{name} folder>.shards/I-of-N/, for `--gather N` to join")
+            sharding.add_argument("--gather", type=int, default=None, metavar="N",
+                                  help=f"join the N shards into the {name} folder, refusing a missing or foreign one")
         if name in ("infer", "pseudo"):
             p.add_argument("--checkpoint", default=None, metavar="PATH",
                            help="the model to run (default: <results>/<dataset>/train.pt, with --stage2 retrain.pt); "

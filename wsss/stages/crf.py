@@ -26,6 +26,7 @@ from wsss.data.dataset import read_image
 from wsss.data.palette import save_mask
 from wsss.errors import WsssError
 from wsss.paths import for_config
+from wsss.stages import shards
 from wsss.utils.atomic import atomic_path, write_yaml
 
 
@@ -80,6 +81,8 @@ def _one(name: str, image_dir: Path, probs_dir: Path, out_dir: Path, crf: dict, 
 
 
 def run(cfg: dict, args) -> None:
+    """The `crf` CLI: every probability file, one shard of them (``--shard I/N``), or the shards
+    gathered (``--gather N``; `wsss.stages.shards`)."""
     paths = for_config(cfg, args.results, stage2=args.stage2)
     probs_dir = paths.infer / "probs"
     if not probs_dir.is_dir():
@@ -91,12 +94,22 @@ def run(cfg: dict, args) -> None:
     names = sorted(p.stem for p in probs_dir.glob("*.npz"))
     if not names:
         raise WsssError(f"no probability files in {probs_dir}")
+    if args.gather:
+        stage = "crf_stage2" if args.stage2 else "crf"
+        shards.gather(paths.crf, args.gather, names, ["masks"], "crf" + (" --stage2" if args.stage2 else ""),
+                      lambda folder: provenance.check_stage_dir(folder, cfg, stage),
+                      lambda tmp, dirs: write_yaml(tmp / "config.yaml", cfg))
+        print(f"crf: gathered {args.gather} shards ({len(names)} masks) into {paths.crf}")
+        return
+    shard = shards.Shard.parse(args.shard, len(names)) if args.shard else None
+    target = shards.shard_dir(paths.crf, shard) if shard else paths.crf
+    names = shard.take(names) if shard else names
     workers = cfg["crf"]["workers"] or os.cpu_count() or 1
-    with atomic_path(paths.crf, directory=True) as tmp:
+    with atomic_path(target, directory=True) as tmp:
         (tmp / "masks").mkdir()
         job = partial(_one, image_dir=paths.data / "JPEGImages", probs_dir=probs_dir, out_dir=tmp / "masks", crf=crf_cfg,
                       num_classes=params.num_classes(cfg))
-        bar = tqdm(total=len(names), desc="crf", unit="img", dynamic_ncols=True)
+        bar = tqdm(total=len(names), desc="crf" + (f" {shard.name}" if shard else ""), unit="img", dynamic_ncols=True)
         if workers == 1:
             for name in names:
                 job(name)
@@ -107,4 +120,4 @@ def run(cfg: dict, args) -> None:
                     bar.update()
         bar.close()
         write_yaml(tmp / "config.yaml", cfg)
-    print(f"crf: refined {len(names)} masks into {paths.crf} with {workers} workers")
+    print(f"crf: refined {len(names)} masks into {target} with {workers} workers")

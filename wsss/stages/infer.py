@@ -44,6 +44,7 @@ from wsss.errors import WsssError
 from wsss.model import public_checkpoints
 from wsss.model.network import build_model, describe
 from wsss.paths import for_config
+from wsss.stages import shards
 from wsss.utils.atomic import atomic_path, write_yaml
 
 
@@ -202,22 +203,30 @@ def load_segmenter(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.M
 
 
 def run(cfg: dict, args) -> None:
+    """The `infer` CLI: the whole split, one shard of it (``--shard I/N``), or the shards gathered
+    (``--gather N``; `wsss.stages.shards`)."""
     stage2 = args.stage2
     paths = for_config(cfg, args.results, stage2=stage2)
     icfg = cfg["infer"]
-    dev = devices.resolve(icfg["device"])
     provenance.check_dataset(paths.data, cfg)
     dataset = VOCSegmentation(paths.data, cfg["data"]["eval_split"], params.num_classes(cfg))
     check_canvas(dataset, icfg)
+    if args.gather:
+        return gather(cfg, paths.infer, dataset.names, args.gather, stage2)
+    shard = shards.Shard.parse(args.shard, len(dataset)) if args.shard else None
+    indices = shard.take(range(len(dataset))) if shard else range(len(dataset))
+    target = shards.shard_dir(paths.infer, shard) if shard else paths.infer
+    dev = devices.resolve(icfg["device"])
     if stage2:
         model, source = load_segmenter(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("retrain"))
     else:
         model, source = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
-    with atomic_path(paths.infer, directory=True) as tmp:
+    with atomic_path(target, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "probs").mkdir()
         score_rows = []
-        for i in tqdm(range(len(dataset)), desc=f"infer {cfg['data']['eval_split']}", unit="img", dynamic_ncols=True):
+        desc = f"infer {cfg['data']['eval_split']}" + (f" {shard.name}" if shard else "")
+        for i in tqdm(indices, desc=desc, unit="img", dynamic_ncols=True):
             name = dataset.names[i]
             image, mask = dataset.load(i)  # one decode of each file, the mask checked
             masks, scores = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev)
@@ -229,12 +238,40 @@ def run(cfg: dict, args) -> None:
                 else:
                     present = scores > icfg["fp_cut"]
                 ids, probs = combine(masks, present, icfg)
-                score_rows.append(name + "\t" + "\t".join(f"{v:.4f}" for v in scores.tolist()))
+                score_rows.append(name + "\t" + "\t".join(f"{v:.4f}" for v in scores.tolist()) + "\n")
             save_mask(ids[probs.argmax(0)], tmp / "masks" / f"{name}.png")
             np.savez_compressed(tmp / "probs" / f"{name}.npz", classes=ids, probs=probs.astype(np.float16))
         if not stage2:
-            header = "name\t" + "\t".join(f"c{c}" for c in range(1, params.num_classes(cfg)))
-            (tmp / "scores.tsv").write_text(header + "\n" + "\n".join(score_rows) + "\n")
+            (tmp / "scores.tsv").write_text(scores_header(cfg) + "".join(score_rows))
         write_yaml(tmp / "config.yaml", cfg)
         write_yaml(tmp / "checkpoint.yaml", source)
-    print(f"infer: wrote {len(dataset)} masks to {paths.infer}")
+    print(f"infer: wrote {len(indices)} masks to {target}")
+
+
+def scores_header(cfg: dict) -> str:
+    return "name\t" + "\t".join(f"c{c}" for c in range(1, params.num_classes(cfg))) + "\n"
+
+
+def gather(cfg: dict, target: Path, names: list[str], count: int, stage2: bool) -> None:
+    """``--gather N``: the N shards of ``target`` into it (`wsss.stages.shards.gather`), refusing shards
+    made under another configuration or from another checkpoint than the first shard's."""
+    stage = "infer_stage2" if stage2 else "infer"
+    sources: list[dict] = []
+
+    def check(folder: Path) -> None:
+        provenance.check_stage_dir(folder, cfg, stage)
+        source = params.load_mapping(folder / "checkpoint.yaml", "shard record")
+        if sources and source != sources[0]:
+            raise WsssError(f"{folder}: made from {source.get('path')} ({source.get('sha256')}), the first shard from "
+                            f"{sources[0].get('path')} ({sources[0].get('sha256')}); re-run the shards from one checkpoint")
+        sources.append(source)
+
+    def finish(tmp: Path, dirs: list[Path]) -> None:
+        if not stage2:
+            rows = [line for d in dirs for line in (d / "scores.tsv").read_text().splitlines(keepends=True)[1:]]
+            (tmp / "scores.tsv").write_text(scores_header(cfg) + "".join(rows))
+        write_yaml(tmp / "config.yaml", cfg)
+        write_yaml(tmp / "checkpoint.yaml", sources[0])
+
+    shards.gather(target, count, names, ["masks", "probs"], "infer" + (" --stage2" if stage2 else ""), check, finish)
+    print(f"infer: gathered {count} shards ({len(names)} masks) into {target}")
