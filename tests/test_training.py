@@ -252,7 +252,33 @@ def test_a_gather_refuses_a_shard_of_other_params_or_of_another_block(pretrained
                          ("2", "expected I/N"), ("1/25", "25 shards for 24 images")):
         proc = wsss("infer", cwd, root, *opts, extra=("--shard", bad))
         assert proc.returncode == 2 and message in proc.stderr, (bad, proc.stderr[-500:])
+    proc = wsss("infer", cwd, root, *opts, extra=("--gather", "0"))
+    assert proc.returncode == 2 and "--gather 0: the number of shards must be at least 1" in proc.stderr
     shutil.rmtree(shards)
+
+    # shards of a checkpoint that has changed since: refused
+    model = cwd / "model-copy.pt"
+    shutil.copy(cwd / "results/toy/train.pt", model)
+    for i in (1, 2):
+        assert wsss("infer", cwd, root, *opts, extra=("--shard", f"{i}/2", "--checkpoint", str(model))).returncode == 0
+    state = torch.load(model, weights_only=False)
+    state["step"] += 1
+    torch.save(state, model)
+    proc = wsss("infer", cwd, root, *opts, extra=("--gather", "2", "--checkpoint", str(model)))
+    assert proc.returncode == 2 and "1-of-2: made from" in proc.stderr and "re-run the shards" in proc.stderr
+    assert "gathered" not in proc.stdout
+    shutil.rmtree(shards)
+
+    # CRF shards of an inference output that has been replaced since: refused
+    assert wsss("infer", cwd, root, *opts).returncode == 0
+    for i in (1, 2):
+        assert wsss("crf", cwd, root, *opts, "crf.workers=1", extra=("--shard", f"{i}/2")).returncode == 0
+    record = cwd / "results/toy/val/infer/checkpoint.yaml"
+    record.write_text(record.read_text().replace("sha256: ", "sha256: 0"))
+    proc = wsss("crf", cwd, root, *opts, "crf.workers=1", extra=("--gather", "2"))
+    assert proc.returncode == 2 and "crf.shards/1-of-2: refined another inference output" in proc.stderr
+    shutil.rmtree(cwd / "results/toy/val/crf.shards")
+    shutil.rmtree(cwd / "results/toy/val/infer")
 
 
 def test_the_crf_stage_names_what_is_wrong_with_its_input(pretrained, tmp_path):

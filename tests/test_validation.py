@@ -169,7 +169,9 @@ def test_a_run_killed_after_a_validation_resumes_to_the_same_selection(cfg, tmp_
 
     paths = for_config(cfg, tmp_path / "killed")
     run_killed_after_first_epoch(monkeypatch, cfg, phase, paths)
-    assert len(list(paths.state.glob("train-*-best.pt"))) == 1
+    (state_file,) = paths.state.glob("train-*.pt")  # the best weights so far travel in the state itself
+    saved = checkpoint.load(state_file)
+    assert saved["epoch"] == 2 and saved["best"]["epoch"] == 1 and set(saved["best_weights"]) == {"model"}
     trainer.run(cfg, phase, paths)
     assert "resuming train from " in capsys.readouterr().out
     resumed = checkpoint.load(paths.checkpoint("train"))

@@ -68,19 +68,20 @@ def training_curve(rows: list[dict], val_rows: list[dict], selected: dict, title
         ax.plot([r["step"] for r in val_rows], [r["val_loss"] for r in val_rows], "o-", color="black",
                 label="validation loss")
         for r in val_rows:
-            ax.annotate(f"e{r['epoch']}", (r["step"], r["val_loss"]), textcoords="offset points", xytext=(0, 6),
+            ax.annotate(f"{r['epoch']} ep.", (r["step"], r["val_loss"]), textcoords="offset points", xytext=(0, 6),
                         ha="center", fontsize=7)
     if selected["rule"] == "best":
         chosen = next(r for r in val_rows if r["epoch"] == selected["epoch"])
         ax.plot([chosen["step"]], [chosen["val_loss"]], "*", ms=16, color="tab:red",
-                label=f"kept: after epoch {selected['epoch']} (score {selected['score']:.4f})")
+                label=f"kept: the weights after {selected['epoch']} epochs (score {selected['score']:.4f})")
         kept = "the weights with the best 1 - mean validation loss"
     else:
-        kept = f"the last weights (epoch {selected['epoch']})"
+        kept = f"the last weights (after {selected['epoch']} epochs)"
     ax.set_title(f"{title}: kept {kept}", fontsize=10)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a run too short for a curve row has nothing to label
+        ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

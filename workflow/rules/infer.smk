@@ -56,6 +56,7 @@ else:
     rule infer:
         input:
             data=f"{DATA_ROOT}/{{dataset}}",
+            checkpoint="results/{dataset}/train.pt",  # the gather checks the shards came from it as it is now
             shards=gather.infer("results/{{dataset}}/{{split}}/infer.shards/{scatteritem}"),
             code=stage_code("infer"),
         output:

@@ -4,13 +4,14 @@
 pretrain checkpoint and runs [cls_epochs, epochs) with the segmentation term switched on, computing
 the validation loss before the epochs `wsss.config.validation_epochs` names (`wsss.engine.validation`)
 and, with ``train.select: best``, ending with the weights it scored best. After every epoch the full
-state (model, optimiser, epoch, RNG states, curve and validation rows, the best score so far) is saved
-atomically under ``results/<dataset>/state/`` (the best weights beside it); the same command re-run
-after a kill continues from there.
+state (model, optimiser, epoch, RNG states, curve and validation rows, the best score so far and its
+weights) is saved atomically under ``results/<dataset>/state/``; the same command re-run after a
+kill continues from there.
 """
 
 from __future__ import annotations
 
+import copy as copy_module
 import csv
 import io
 import time
@@ -94,9 +95,17 @@ def curve_tsv(rows: list[dict], columns: list[str] = LOG_COLUMNS) -> str:
     return buf.getvalue()
 
 
-def _plugin_state(plugins: PluginSet) -> dict:
-    """A checkpoint's ``plugins`` entry (heads and state of every plug-in); none without plug-ins."""
-    return {"plugins": plugins.state_dict()} if plugins else {}
+def _plugin_state(plugins: PluginSet, copy: bool = False) -> dict:
+    """A checkpoint's ``plugins`` entry (heads and state of every plug-in); none without plug-ins.
+    ``copy``: tensors copied to the CPU, to be kept while training goes on."""
+    if not plugins:
+        return {}
+    return {"plugins": _cpu_copy(plugins.state_dict()) if copy else plugins.state_dict()}
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy_module.deepcopy(v)
+            for k, v in state.items()}
 
 
 def _with_plugins(plugins: PluginSet, model: torch.nn.Module, out: dict, images: torch.Tensor, raw: torch.Tensor,
@@ -138,6 +147,7 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
     rows: list[dict] = []
     val_rows: list[dict] = []
     best: dict = {"epoch": None, "score": None}  # the best validation so far (train.select: best)
+    best_weights: dict | None = None  # its network (and plug-in) weights, on the CPU
     start, step = phase.first_epoch, 0  # step counts optimiser steps over the whole schedule
 
     if phase.init_checkpoint is not None:
@@ -162,13 +172,12 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
             plugins.load_state_dict(state["plugins"])
         checkpoint.set_rng_state(state["rng"])
         start, rows, step = state["epoch"], state["log"], state["step"]
-        val_rows, best = state["val_log"], state["best"]
+        val_rows, best, best_weights = state["val_log"], state["best"], state["best_weights"]
         print(f"resuming {phase.name} from {state_path} at epoch {start}")
 
     dataset = _dataset(cfg)
     val_epochs = [e for e in params.validation_epochs(t) if phase.first_epoch <= e < phase.end_epoch]
     val_data = validation.val_dataset(cfg) if val_epochs else None
-    best_path = state_path.with_name(f"{state_path.stem}-best.pt")
     use_amp = t["amp"] and dev.type == "cuda"
     for epoch in range(start, phase.end_epoch):
         if epoch in val_epochs:  # before the epoch's training, as the public code does
@@ -178,7 +187,7 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
                              **{k: round(v, 5) for k, v in losses.items()}, "score": round(score, 5)})
             print(f"{phase.name}: validation loss {losses['val_loss']:.4f} after {epoch} epochs")
             if t["select"] == "best" and (best["score"] is None or score > best["score"]):
-                checkpoint.save(best_path, {"model": model.state_dict(), **_plugin_state(plugins)})
+                best_weights = {"model": _cpu_copy(model.state_dict()), **_plugin_state(plugins, copy=True)}
                 best = {"epoch": epoch, "score": score}
         model.train()
         seg_on = epoch >= t["cls_epochs"]
@@ -217,15 +226,14 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
                 bar.set_postfix(loss=f"{value['total']:.3f}", seg=f"{value['seg']:.3f}")
         checkpoint.save(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "log": rows,
-                                     "val_log": val_rows, "best": best,
+                                     "val_log": val_rows, "best": best, "best_weights": best_weights,
                                      "signature": checkpoint.model_signature(cfg), **_plugin_state(plugins)})
 
     selected = {"rule": "last", "epoch": phase.end_epoch, "score": None}
     if best["epoch"] is not None:  # train.select: best, and a validation ran in this phase
-        chosen = checkpoint.read(best_path)
-        model.load_state_dict(chosen["model"])
+        model.load_state_dict(best_weights["model"])
         if plugins:
-            plugins.load_state_dict(chosen["plugins"])
+            plugins.load_state_dict(best_weights["plugins"])
         selected = {"rule": "best", **best}
     checkpoint.save(out_checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": phase.end_epoch, "step": step, "rng": checkpoint.rng_state(), "log": rows,
@@ -240,7 +248,6 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
                        paths.curve_figure(phase.name))
     write_yaml(out_config, cfg)
     state_path.unlink(missing_ok=True)
-    best_path.unlink(missing_ok=True)
 
 
 def run_stage(stage: str, cfg: dict, results: str | Path | None = None) -> None:

@@ -55,7 +55,8 @@ def validation_loss(model: torch.nn.Module, loss_fn, dataset: VOCSegmentation, c
     model.eval()
     sums = {"total": 0.0, "cls": 0.0, "seg": 0.0}
     batches = 0
-    with torch.random.fork_rng(devices=[]):
+    # every generator torch.manual_seed touches (the CPU's and each GPU's) is restored afterwards
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(t["seed"])
         generator = torch.Generator().manual_seed(t["seed"])
         loader = DataLoader(dataset, batch_size=t["batch_size"], shuffle=False, drop_last=False,

@@ -94,10 +94,18 @@ def run(cfg: dict, args) -> None:
     names = sorted(p.stem for p in probs_dir.glob("*.npz"))
     if not names:
         raise WsssError(f"no probability files in {probs_dir}")
-    if args.gather:
+    sharded = args.gather is not None or args.shard is not None
+    infer_record = params.load_mapping(paths.infer / "checkpoint.yaml", "inference record") if sharded else None
+    if args.gather is not None:
         stage = "crf_stage2" if args.stage2 else "crf"
-        shards.gather(paths.crf, args.gather, names, ["masks"], "crf" + (" --stage2" if args.stage2 else ""),
-                      lambda folder: provenance.check_stage_dir(folder, cfg, stage),
+
+        def check(folder: Path) -> None:
+            provenance.check_stage_dir(folder, cfg, stage)
+            if params.load_mapping(folder / "infer.yaml", "shard record") != infer_record:
+                raise WsssError(f"{folder}: refined another inference output than {paths.infer} (its checkpoint.yaml "
+                                "differs); re-run the shards")
+
+        shards.gather(paths.crf, args.gather, names, ["masks"], "crf" + (" --stage2" if args.stage2 else ""), check,
                       lambda tmp, dirs: write_yaml(tmp / "config.yaml", cfg))
         print(f"crf: gathered {args.gather} shards ({len(names)} masks) into {paths.crf}")
         return
@@ -120,4 +128,6 @@ def run(cfg: dict, args) -> None:
                     bar.update()
         bar.close()
         write_yaml(tmp / "config.yaml", cfg)
+        if shard:  # which inference it refined, for the gather to check
+            write_yaml(tmp / "infer.yaml", infer_record)
     print(f"crf: refined {len(names)} masks into {target} with {workers} workers")

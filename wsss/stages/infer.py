@@ -157,13 +157,17 @@ def check_canvas(dataset: VOCSegmentation, infer_cfg: dict) -> None:
 
 def describe_checkpoint(path: Path, state: object) -> dict:
     """What ``infer`` writes to ``checkpoint.yaml``: the file, its SHA-256 and what made it."""
+    made_by = (f"public {public_checkpoints.flavour(state)} checkpoint" if public_checkpoints.is_public(state)
+               else f"wsss {checkpoint.made_by(state)}")
+    return {"path": str(path), "sha256": file_sha256(path), "made_by": made_by}
+
+
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    made_by = (f"public {public_checkpoints.flavour(state)} checkpoint" if public_checkpoints.is_public(state)
-               else f"wsss {checkpoint.made_by(state)}")
-    return {"path": str(path), "sha256": digest.hexdigest(), "made_by": made_by}
+    return digest.hexdigest()
 
 
 def load_model(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Module, dict]:
@@ -211,16 +215,14 @@ def run(cfg: dict, args) -> None:
     provenance.check_dataset(paths.data, cfg)
     dataset = VOCSegmentation(paths.data, cfg["data"]["eval_split"], params.num_classes(cfg))
     check_canvas(dataset, icfg)
-    if args.gather:
-        return gather(cfg, paths.infer, dataset.names, args.gather, stage2)
+    model_path = Path(args.checkpoint) if args.checkpoint else paths.checkpoint("retrain" if stage2 else "train")
+    if args.gather is not None:
+        return gather(cfg, paths.infer, dataset.names, args.gather, stage2, model_path)
     shard = shards.Shard.parse(args.shard, len(dataset)) if args.shard else None
     indices = shard.take(range(len(dataset))) if shard else range(len(dataset))
     target = shards.shard_dir(paths.infer, shard) if shard else paths.infer
     dev = devices.resolve(icfg["device"])
-    if stage2:
-        model, source = load_segmenter(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("retrain"))
-    else:
-        model, source = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
+    model, source = (load_segmenter if stage2 else load_model)(cfg, dev, model_path)
     with atomic_path(target, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "probs").mkdir()
@@ -252,18 +254,21 @@ def scores_header(cfg: dict) -> str:
     return "name\t" + "\t".join(f"c{c}" for c in range(1, params.num_classes(cfg))) + "\n"
 
 
-def gather(cfg: dict, target: Path, names: list[str], count: int, stage2: bool) -> None:
+def gather(cfg: dict, target: Path, names: list[str], count: int, stage2: bool, model_path: Path) -> None:
     """``--gather N``: the N shards of ``target`` into it (`wsss.stages.shards.gather`), refusing shards
-    made under another configuration or from another checkpoint than the first shard's."""
+    made under another configuration or from another file than ``model_path`` as it is now."""
     stage = "infer_stage2" if stage2 else "infer"
+    if not model_path.is_file():
+        raise WsssError(f"checkpoint not found: {model_path} (the shards must come from it)")
+    expected = file_sha256(model_path)
     sources: list[dict] = []
 
     def check(folder: Path) -> None:
         provenance.check_stage_dir(folder, cfg, stage)
         source = params.load_mapping(folder / "checkpoint.yaml", "shard record")
-        if sources and source != sources[0]:
-            raise WsssError(f"{folder}: made from {source.get('path')} ({source.get('sha256')}), the first shard from "
-                            f"{sources[0].get('path')} ({sources[0].get('sha256')}); re-run the shards from one checkpoint")
+        if source.get("sha256") != expected:
+            raise WsssError(f"{folder}: made from {source.get('path')} (SHA-256 {str(source.get('sha256'))[:12]}), "
+                            f"but {model_path} is now {expected[:12]}; re-run the shards")
         sources.append(source)
 
     def finish(tmp: Path, dirs: list[Path]) -> None:
