@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -296,40 +297,62 @@ def test_dvc_reruns_only_what_a_param_change_touches(dvc_run, key, value, change
     assert dvc_stale(dvc_run) == set()
 
 
+def exp_rows(repo: Path) -> dict[str, dict]:
+    """`dvc exp show --json`: ``{name: {"params": params.yaml's values, "miou_crf": toy_val's or None}}`` for
+    every experiment by its name and for the workspace and the commit by ``workspace`` and ``commit``."""
+    shown = json.loads(sh([str(BIN / "dvc"), "exp", "show", "--json"], repo).stdout)
+    rows = {}
+    for commit in shown:
+        named = [("workspace" if commit.get("rev") == "workspace" else "commit", commit)]
+        named += [(e.get("name") or e["rev"], e) for group in commit.get("experiments") or [] for e in group.get("revs", [])]
+        for name, exp in named:
+            data = exp.get("data") or {}
+            metric = (data.get("metrics") or {}).get("results/metrics/toy_val.json", {}).get("data", {})
+            rows[name] = {"params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
+                          "miou_crf": metric.get("miou_crf")}
+    return rows
+
+
 @pytest.mark.slow
 def test_dvc_exp_run_ablation_and_exp_show(dvc_run):
     sh([str(BIN / "dvc"), "exp", "run", "-S", "model.fca=false"], dvc_run)
-    shown = json.loads(sh([str(BIN / "dvc"), "exp", "show", "--json"], dvc_run).stdout)
-    values = []
-    for commit in shown:
-        for exp in [commit] + [e for group in commit.get("experiments") or [] for e in group.get("revs", [])]:
-            data = (exp.get("data") or {})
-            metric = (data.get("metrics") or {}).get("results/metrics/toy_val.json", {}).get("data", {})
-            if "miou_crf" in metric:
-                values.append((data.get("params", {}).get("params.yaml", {}).get("data", {}).get("model", {}).get("fca"), metric["miou_crf"]))
-    assert {fca for fca, _ in values} == {True, False}, values
+    values = {row["params"]["model"]["fca"] for row in exp_rows(dvc_run).values() if row["miou_crf"] is not None}
+    assert values == {True, False}, values
 
 
 @pytest.mark.slow
-def test_dvc_exp_run_plugins_beside_ws_fcn(dvc_run):
-    """Each plug-in's one key is an experiment that `dvc exp show` lists beside the plain WS-FCN run."""
-    for plugin in ("rtc", "fbr"):
-        # `dvc exp run` leaves its params in the workspace: each experiment starts from the committed ones
-        sh(["git", "checkout", "--", "."], dvc_run)
-        sh([str(BIN / "dvc"), "checkout", "--force"], dvc_run)
-        out = sh([str(BIN / "dvc"), "exp", "run", "-S", f"plugins.{plugin}.enabled=true",
-                  "-S", "plugins.rtc.view_size=48", "-S", "plugins.fbr.bank_size=512"], dvc_run).stdout
-        assert {"pretrain", "train", "infer", "crf", "evaluate"} <= set(re.findall(r"^Running stage '(\w+)'", out, flags=re.M))
-    shown = json.loads(sh([str(BIN / "dvc"), "exp", "show", "--json"], dvc_run).stdout)
-    switched = set()
-    for commit in shown:
-        for exp in [commit] + [e for group in commit.get("experiments") or [] for e in group.get("revs", [])]:
-            data = exp.get("data") or {}
-            metric = (data.get("metrics") or {}).get("results/metrics/toy_val.json", {}).get("data", {})
-            plugins = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("plugins", {})
-            if "miou_crf" in metric:
-                switched.add(tuple(sorted(name for name, section in plugins.items() if section.get("enabled"))))
-    assert {(), ("rtc",), ("fbr",)} <= switched, switched
+def test_dvc_queue_runs_a_grid_with_the_baseline_as_an_experiment(dvc_run):
+    """The README's recipe on a reduced grid: WS-FCN as it is committed and two plug-ins queued with
+    `dvc exp run --queue`, run by `dvc queue start -j 1`, and compared by `dvc exp show`."""
+    sh(["git", "checkout", "--", "."], dvc_run)
+    sh([str(BIN / "dvc"), "checkout", "--force"], dvc_run)
+    queued = {"ws-fcn": [], "rtc": ["-S", "plugins.rtc.enabled=true", "-S", "plugins.rtc.view_size=48"],
+              "fbr": ["-S", "plugins.fbr.enabled=true", "-S", "plugins.fbr.bank_size=512"]}
+    for name, overrides in queued.items():
+        sh([str(BIN / "dvc"), "exp", "run", "--queue", "-n", name, *overrides], dvc_run)
+    sh([str(BIN / "dvc"), "queue", "start", "-j", "1"], dvc_run)
+    deadline = time.monotonic() + 900
+    status = ""
+    while time.monotonic() < deadline:
+        status = sh([str(BIN / "dvc"), "queue", "status"], dvc_run).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(5)
+    else:
+        sh([str(BIN / "dvc"), "queue", "stop", "--kill"], dvc_run, check=False)
+        pytest.fail(f"the queue did not finish in 900 s:\n{status}")
+    assert all(re.search(rf"\b{name}\b.*\bSuccess\b", status) for name in queued), status
+    rows = exp_rows(dvc_run)
+    assert set(queued) <= set(rows), sorted(rows)
+    for name in queued:
+        assert rows[name]["miou_crf"] is not None and 0.0 <= rows[name]["miou_crf"] <= 1.0, (name, rows[name])
+        enabled = {p for p, section in rows[name]["params"]["plugins"].items() if section["enabled"]}
+        assert enabled == ({name} if name != "ws-fcn" else set()), (name, enabled)
+        ran = set(re.findall(r"Running stage '(\w+)'", sh([str(BIN / "dvc"), "queue", "logs", name], dvc_run).stdout))
+        # the committed baseline's stages are all cached: its experiment runs none; a plug-in re-runs from pretrain
+        assert ran == (set() if name == "ws-fcn" else {"pretrain", "train", "infer", "crf", "evaluate", *TWO_STAGE}), \
+            (name, ran)
+    assert rows["ws-fcn"]["miou_crf"] == rows["commit"]["miou_crf"]
 
 
 @pytest.mark.slow
