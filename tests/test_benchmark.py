@@ -452,3 +452,14 @@ def test_a_second_stage_variant_scored_unlike_the_ceiling_is_refused_naming_the_
     raw["variants"]["wsfcn"]["params"] = {"infer.flip": False}
     with pytest.raises(WsssError, match=r"two_stage run 'wsfcn/s0/two_stage': key 'infer.flip' is False, the ceiling's True"):
         bench_design.load(write_design(tmp_path / "d.yaml", **raw), PARAMS)
+
+
+def test_parameter_counts_at_voc_size_hold_under_a_schedule_that_validates_nothing(tmp_path):
+    """The report counts each variant at VOC size (WR38) under the design's own short schedule: a VOC
+    preset that keeps the best validated weights must not refuse it (nothing is trained here)."""
+    raw = yaml.safe_load((REPO / "workflow" / "benchmark.yaml").read_text())
+    raw["params"].update({"train.epochs": 2, "train.cls_epochs": 1})
+    design = bench_design.load(write_design(tmp_path / "d.yaml", params=raw["params"]), PARAMS)
+    counts = report.param_counts(design, PARAMS)
+    assert counts["wsfcn"][1] == pytest.approx(147.343, abs=5e-4)  # Table I: 147.34 M
+    assert counts["cam"][1] < counts["wsfcn"][1] and counts["wsfcn"][0] > 0
