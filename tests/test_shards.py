@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from wsss.errors import WsssError
-from wsss.stages.shards import Shard, shard_dir, shards_root
+from wsss.stages import shards as shards_module
+from wsss.stages.shards import Shard, check_count, gather, shard_dir, shards_root
 
 
 @pytest.mark.parametrize("images, count", [(24, 3), (24, 5), (7, 7), (1449, 8), (10, 1)])
@@ -38,3 +39,78 @@ def test_shards_live_beside_the_stage_folder(tmp_path):
     target = tmp_path / "results" / "toy" / "val" / "infer"
     assert shards_root(target) == tmp_path / "results" / "toy" / "val" / "infer.shards"
     assert shard_dir(target, Shard(3, 4)) == shards_root(target) / "3-of-4"
+
+
+def test_one_shard_and_as_many_shards_as_images_are_allowed():
+    assert Shard.parse("1/1", 5) == Shard(1, 1) and Shard(1, 1).take([1, 2, 3]) == [1, 2, 3]
+    assert Shard.parse("7/7", 7) == Shard(7, 7)
+    with pytest.raises(WsssError, match=r"^--gather 0: the number of shards must be at least 1$"):
+        check_count(0, 5)
+    with pytest.raises(WsssError, match=r"^6 shards for 5 images: every shard needs at least one image$"):
+        check_count(6, 5)
+
+
+NAMES = [f"img{i:02d}" for i in range(14)]  # two shards of 7
+
+
+def make_shards(target, blocks: dict[int, list[str]], count: int = 2) -> None:
+    for index, names in blocks.items():
+        folder = shard_dir(target, Shard(index, count)) / "masks"
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / f"{name}.png").write_text(name)
+
+
+def gather_into(target, count: int = 2, finished: list | None = None):
+    def finish(tmp, dirs):
+        (tmp / "done.txt").write_text(",".join(d.name for d in dirs))
+        if finished is not None:
+            finished.append(dirs)
+
+    gather(target, count, NAMES, ["masks"], "infer", lambda folder: None, finish)
+
+
+def test_a_gather_names_every_missing_shard(tmp_path):
+    target = tmp_path / "infer"
+    make_shards(target, {2: NAMES[7:]}, count=3)
+    with pytest.raises(WsssError, match=r"infer.shards: shards 1-of-3, 3-of-3 missing; run `wsss infer --shard I/3` "
+                                        r"for each before `--gather 3`$"):
+        gather_into(target, 3)
+    make_shards(target, {1: NAMES[:4]}, count=3)
+    with pytest.raises(WsssError, match=r"infer.shards: shard 3-of-3 missing; run"):
+        gather_into(target, 3)
+    assert not target.exists()
+
+
+def test_a_gather_names_what_a_shard_lacks_and_holds_beyond_its_block(tmp_path):
+    target = tmp_path / "infer"
+    make_shards(target, {1: NAMES[7:], 2: NAMES[7:]})  # the second half twice
+    with pytest.raises(WsssError) as err:
+        gather_into(target)
+    assert str(err.value) == (f"{shard_dir(target, Shard(1, 2))}: holds 7 images, its block has 7; missing "
+                              f"{', '.join(NAMES[:5])}; not of this block {', '.join(NAMES[7:12])}")
+    target2 = tmp_path / "crf"
+    make_shards(target2, {1: NAMES[:6], 2: NAMES[7:]})
+    with pytest.raises(WsssError) as err:
+        gather_into(target2)
+    assert str(err.value) == f"{shard_dir(target2, Shard(1, 2))}: holds 6 images, its block has 7; missing img06"
+    target3 = tmp_path / "pseudo"
+    make_shards(target3, {1: NAMES[:8], 2: NAMES[7:]})  # its block and one more
+    with pytest.raises(WsssError) as err:
+        gather_into(target3)
+    assert str(err.value) == f"{shard_dir(target3, Shard(1, 2))}: holds 8 images, its block has 7; not of this block img07"
+    assert not target.exists() and not target2.exists() and not target3.exists()
+
+
+def test_a_gather_links_or_copies_every_file_then_removes_the_shards(tmp_path, monkeypatch):
+    for linked in (True, False):
+        target = tmp_path / f"infer-{linked}"
+        make_shards(target, {1: NAMES[:7], 2: NAMES[7:]})
+        if not linked:  # another file system: the files are copied
+            monkeypatch.setattr(shards_module.os, "link", lambda src, dst: (_ for _ in ()).throw(OSError("cross-device")))
+        finished: list = []
+        gather_into(target, finished=finished)
+        assert sorted(p.stem for p in (target / "masks").iterdir()) == NAMES
+        assert all((target / "masks" / f"{n}.png").read_text() == n for n in NAMES)
+        assert (target / "done.txt").read_text() == "1-of-2,2-of-2" and len(finished) == 1
+        assert not shards_root(target).exists()

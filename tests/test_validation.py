@@ -213,6 +213,8 @@ def test_the_tiny_schedule_of_the_other_tests_validates_nothing():
 
 def test_a_validation_list_missing_from_the_dataset_is_named_before_training(cfg, tmp_path, one_thread):
     cfg["train"]["val_split"] = "holdout"
-    with pytest.raises(WsssError, match=r"holdout.txt: the validation list of key 'train.val_split' \('holdout'\)"):
+    with pytest.raises(WsssError, match=r"holdout.txt: the validation list of key 'train.val_split' \('holdout'\) is not "
+                                        r"in the dataset; name another list, or set train.val_every=0 and "
+                                        r"train.select=last$"):
         trainer.run(cfg, trainer.Phase("train", 1, 3), for_config(cfg, tmp_path / "results"))
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("*.pt"))
