@@ -3,6 +3,10 @@ scattergather:
     crf=1,
 
 
+# one CRF job (unsharded, a shard, or the second stage's): CPU only
+CRF_RESOURCES = dict(gpu=0, mem_mb=8000, runtime=lambda wc: 30 if wc.dataset == "toy" else 240)
+
+
 CRF_SHARDS = len(scatter.crf("{scatteritem}"))
 
 if CRF_SHARDS == 1:
@@ -22,9 +26,7 @@ if CRF_SHARDS == 1:
             "results/benchmarks/{dataset}/{split}/crf.tsv"
         threads: workflow.cores
         resources:
-            gpu=0,
-            mem_mb=8000,
-            runtime=lambda wc: 30 if wc.dataset == "toy" else 240,
+            **CRF_RESOURCES,
         shell:
             stage_cmd("crf", "-S data.eval_split={wildcards.split}")
 
@@ -45,9 +47,7 @@ else:
             "results/benchmarks/{dataset}/{split}/crf.{scatteritem}.tsv"
         threads: workflow.cores
         resources:
-            gpu=0,
-            mem_mb=8000,
-            runtime=lambda wc: 30 if wc.dataset == "toy" else 240,
+            **CRF_RESOURCES,
         shell:
             stage_cmd("crf", "-S data.eval_split={wildcards.split}", "--shard {wildcards.scatteritem}")
 
@@ -87,8 +87,6 @@ rule crf_stage2:
         "results/benchmarks/{dataset}/stage2/{split}/crf.tsv"
     threads: workflow.cores
     resources:
-        gpu=0,
-        mem_mb=8000,
-        runtime=lambda wc: 30 if wc.dataset == "toy" else 240,
+        **CRF_RESOURCES,
     shell:
         stage_cmd("crf", "--stage2", "-S data.eval_split={wildcards.split}")

@@ -5,6 +5,14 @@ scattergather:
     infer=1,
 
 
+# one inference job (unsharded, a shard, or the second stage's): a GPU and its memory except on the toy data
+INFER_RESOURCES = dict(
+    gpu=lambda wc: 0 if wc.dataset == "toy" else 1,
+    mem_mb=lambda wc: 4000 if wc.dataset == "toy" else 16000,
+    runtime=lambda wc: 30 if wc.dataset == "toy" else 240,
+)
+
+
 INFER_SHARDS = len(scatter.infer("{scatteritem}"))
 
 if INFER_SHARDS == 1:
@@ -24,9 +32,7 @@ if INFER_SHARDS == 1:
             "results/benchmarks/{dataset}/{split}/infer.tsv"
         threads: workflow.cores
         resources:
-            gpu=lambda wc: 0 if wc.dataset == "toy" else 1,
-            mem_mb=lambda wc: 4000 if wc.dataset == "toy" else 16000,
-            runtime=lambda wc: 30 if wc.dataset == "toy" else 240,
+            **INFER_RESOURCES,
         shell:
             stage_cmd("infer", "-S data.eval_split={wildcards.split}")
 
@@ -47,9 +53,7 @@ else:
             "results/benchmarks/{dataset}/{split}/infer.{scatteritem}.tsv"
         threads: workflow.cores
         resources:
-            gpu=lambda wc: 0 if wc.dataset == "toy" else 1,
-            mem_mb=lambda wc: 4000 if wc.dataset == "toy" else 16000,
-            runtime=lambda wc: 30 if wc.dataset == "toy" else 240,
+            **INFER_RESOURCES,
         shell:
             stage_cmd("infer", "-S data.eval_split={wildcards.split}", "--shard {wildcards.scatteritem}")
 
@@ -89,8 +93,6 @@ rule infer_stage2:
         "results/benchmarks/{dataset}/stage2/{split}/infer.tsv"
     threads: workflow.cores
     resources:
-        gpu=lambda wc: 0 if wc.dataset == "toy" else 1,
-        mem_mb=lambda wc: 4000 if wc.dataset == "toy" else 16000,
-        runtime=lambda wc: 30 if wc.dataset == "toy" else 240,
+        **INFER_RESOURCES,
     shell:
         stage_cmd("infer", "--stage2", "-S data.eval_split={wildcards.split}")

@@ -36,11 +36,11 @@ def val_dataset(cfg: dict) -> VOCSegmentation:
     """
     root = for_config(cfg).data
     split = cfg["train"]["val_split"]
-    if not split_path(root, split).is_file():
-        raise WsssError(f"{split_path(root, split)}: the validation list of key 'train.val_split' ({split!r}) is not "
+    listed = split_path(root, split)
+    if not listed.is_file():
+        raise WsssError(f"{listed}: the validation list of key 'train.val_split' ({split!r}) is not "
                         "in the dataset; name another list, or set train.val_every=0 and train.select=last")
-    return VOCSegmentation(root, cfg["train"]["val_split"], params.num_classes(cfg),
-                           transform=TrainTransform.from_config(cfg))
+    return VOCSegmentation(root, split, params.num_classes(cfg), transform=TrainTransform.from_config(cfg))
 
 
 @torch.no_grad()
