@@ -110,14 +110,19 @@ def test_a_loss_that_is_not_finite_stops_training_naming_the_key(cfg, tmp_path, 
 
 
 def test_the_loader_order_is_fixed_by_seed_and_epoch(cfg):
+    from wsss.engine import distributed
+
     cfg["train"].update(seed=7, workers=2)  # a seed other than 0, which would hide how it enters
     dataset = trainer._dataset(cfg)
-    loader = trainer._loader(dataset, cfg, epoch=3)
-    assert len(loader) == 48 // 8 and loader.drop_last and loader.num_workers == 2
-    expected = torch.randperm(48, generator=torch.Generator().manual_seed(7 * 1000 + 3)).tolist()
-    assert list(iter(loader.sampler)) == expected
-    assert list(iter(trainer._loader(dataset, cfg, epoch=3).sampler)) == expected
-    assert list(iter(trainer._loader(dataset, cfg, epoch=4).sampler)) != expected
+    loader = trainer._loader(dataset, cfg, epoch=3, context=distributed.SINGLE)
+    assert len(loader) == 48 // 8 and loader.num_workers == 2
+    order = torch.randperm(48, generator=torch.Generator().manual_seed(7 * 1000 + 3)).tolist()
+    expected = [[(3, i) for i in order[b * 8:(b + 1) * 8]] for b in range(6)]
+    assert list(iter(loader.batch_sampler)) == expected
+    assert list(iter(trainer._loader(dataset, cfg, 3, distributed.SINGLE).batch_sampler)) == expected
+    assert list(iter(trainer._loader(dataset, cfg, 4, distributed.SINGLE).batch_sampler)) != expected
+    second = distributed.Context(rank=1, world_size=2)
+    assert list(iter(trainer._loader(dataset, cfg, 3, second).batch_sampler)) == [b[4:] for b in expected]
 
 
 def _copy_split(src: Path, dst: Path, split: str) -> None:

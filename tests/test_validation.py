@@ -104,7 +104,7 @@ def scripted(monkeypatch, values: dict[int, float]) -> dict[int, dict]:
     seen: dict[int, dict] = {}
     epochs = iter(sorted(values))
 
-    def fake(model, loss_fn, dataset, cfg, device, supervised=False):
+    def fake(model, loss_fn, dataset, cfg, device, supervised=False, context=None):
         epoch = next(epochs)
         seen[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
         return {"val_loss": values[epoch], "val_cls": values[epoch] / 2, "val_seg": values[epoch] / 2}

@@ -14,7 +14,7 @@ rule pretrain:
         "results/benchmarks/{dataset}/pretrain.tsv"
     threads: workflow.cores
     resources:
-        gpu=lambda wc: 0 if wc.dataset == "toy" else 1,
+        gpu=training_gpus,
         mem_mb=lambda wc: 4000 if wc.dataset == "toy" else 32000,
         runtime=lambda wc: 30 if wc.dataset == "toy" else 600,
     shell:

@@ -17,7 +17,7 @@ rule train:
         "results/benchmarks/{dataset}/train.tsv"
     threads: workflow.cores
     resources:
-        gpu=lambda wc: 0 if wc.dataset == "toy" else 1,
+        gpu=training_gpus,
         mem_mb=lambda wc: 4000 if wc.dataset == "toy" else 32000,
         runtime=lambda wc: 60 if wc.dataset == "toy" else 2880,
     shell:

@@ -17,8 +17,9 @@ def resolve(name: str) -> torch.device:
     return torch.device(name)
 
 
-def limit_cpu_threads(dev: torch.device, reserved: int = 0) -> int:
-    """On CPU, one intra-op thread per core not taken by data-loader workers.
+def limit_cpu_threads(dev: torch.device, reserved: int = 0, processes: int = 1) -> int:
+    """On CPU, one intra-op thread per core not taken by data-loader workers, the cores shared
+    evenly by the ``processes`` of a data-parallel run on this machine.
 
     Oversubscribed OpenMP threads spin against each other: on 2 cores, 2 threads beside a busy
     loader worker made a training step 10-20 times slower than 1 thread. ``OMP_NUM_THREADS``, when
@@ -30,6 +31,6 @@ def limit_cpu_threads(dev: torch.device, reserved: int = 0) -> int:
     budget = os.cpu_count() or 1
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         budget = int(os.environ["OMP_NUM_THREADS"])
-    threads = max(1, budget - reserved)
+    threads = max(1, budget // max(1, processes) - reserved)
     torch.set_num_threads(threads)
     return threads

@@ -6,7 +6,8 @@ weights and biases, head weights and biases; ``retrain.lr_mults``, weight decay 
 only), the learning rate of each group ``lr * mult * (1 - step / iterations) ** poly_power`` before
 every step, pixel cross-entropy with ``eval.ignore_index`` ignored, ``ScaleCropTransform``
 augmentation. Epochs are passes over the training split in an order fixed by ``retrain.seed`` and
-the epoch (the last incomplete batch dropped); the run stops after ``retrain.iterations`` steps,
+the epoch (the last incomplete batch dropped), each image augmented under a seed of its own
+(`wsss.data.sampling`), so the result does not depend on ``retrain.workers``; the run stops after ``retrain.iterations`` steps,
 mid-epoch if so. The whole state (network, optimiser, random generators, curve) is saved at the end
 of every epoch under ``results/<dataset>/state/``: a killed run, re-run, resumes from there to the
 same weights.
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from wsss import config as params
 from wsss.data.dataset import VOCSegmentation
+from wsss.data.sampling import EpochBatches, SeededSamples
 from wsss.data.transforms import ScaleCropTransform
 from wsss.engine import checkpoint, device as devices
 from wsss.engine.trainer import curve_tsv
@@ -77,9 +79,9 @@ def run(cfg: dict, paths: StagePaths, name: str, masks: Path, output: str | None
     bar = tqdm(total=iterations, initial=step, desc=name, unit="step", dynamic_ncols=True)
     while step < iterations:
         model.train()
-        generator = torch.Generator().manual_seed(r["seed"] * 1000 + epoch)  # the same order on resume
-        loader = DataLoader(dataset, batch_size=r["batch_size"], shuffle=True, drop_last=True, num_workers=r["workers"],
-                            generator=generator)
+        # the order and each image's augmentation fixed by the seed, epoch and image (wsss.data.sampling)
+        loader = DataLoader(SeededSamples(dataset, r["seed"]), num_workers=r["workers"],
+                            batch_sampler=EpochBatches(len(dataset), r["batch_size"], r["seed"], epoch))
         tick, seen = time.perf_counter(), 0
         for batch in loader:
             if step >= iterations:

@@ -6,7 +6,16 @@ the validation loss before the epochs `wsss.config.validation_epochs` names (`ws
 and, with ``train.select: best``, ending with the weights it scored best. After every epoch the full
 state (model, optimiser, epoch, RNG states, curve and validation rows, the best score so far and its
 weights) is saved atomically under ``results/<dataset>/state/``; the same command re-run after a
-kill continues from there.
+kill continues from there, with any number of processes.
+
+Data parallel (`wsss.engine.distributed`): run as one process, or with ``train.processes`` > 1 the
+command re-runs itself under ``torchrun`` (or is started by torchrun or srun directly); the global
+batch ``train.batch_size`` is split over the ranks, gradients are averaged over them, and only rank 0
+writes. The images' order and augmentation depend on the seed, epoch and image alone
+(`wsss.data.sampling`), and the global random generators are re-seeded from (seed, epoch, rank) at the
+start of every epoch, so a resumed run is the uninterrupted one and a run's data do not depend on the
+number of processes or loader workers. What still draws from a rank's own generator (dropout, a
+plug-in's sampling) differs with the number of processes.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import copy as copy_module
 import csv
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +34,12 @@ from tqdm import tqdm
 
 from wsss import config as params, provenance
 from wsss.data.dataset import VOCSegmentation
+from wsss.data.sampling import EpochBatches, SeededSamples, sample_seed
 from wsss.data.transforms import TrainTransform
 from wsss.data.voc import training_mask_dir
 from wsss.data.weights import fetch_weights
 from wsss.figures import training_curve
-from wsss.engine import checkpoint, device as devices, validation
+from wsss.engine import checkpoint, device as devices, distributed, validation
 from wsss.errors import WsssError
 from wsss.model.losses import build_loss
 from wsss.model.network import build_model
@@ -74,15 +85,25 @@ def _dataset(cfg: dict) -> VOCSegmentation:
     return dataset
 
 
-def _loader(dataset: VOCSegmentation, cfg: dict, epoch: int) -> DataLoader:
+def _loader(dataset: VOCSegmentation, cfg: dict, epoch: int, context: distributed.Context) -> DataLoader:
+    """This rank's share of every global batch of ``epoch`` (`wsss.data.sampling`)."""
     t = cfg["train"]
-    generator = torch.Generator().manual_seed(t["seed"] * 1000 + epoch)  # same order on resume
-    return DataLoader(dataset, batch_size=t["batch_size"], shuffle=True, drop_last=True, num_workers=t["workers"],
-                      generator=generator)
+    batches = EpochBatches(len(dataset), t["batch_size"], t["seed"], epoch, context.rank, context.world_size)
+    return DataLoader(SeededSamples(dataset, t["seed"]), batch_sampler=batches, num_workers=t["workers"])
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of the global generators for ``epoch`` on ``rank`` (dropout, plug-ins' sampling)."""
+    return sample_seed(seed, 2, epoch, rank) % 2**32
+
+
+# keys that say how a run is spread, not what it computes: a state saved with other values resumes
+HOW_IT_RUNS = ("processes", "workers")
 
 
 def _state_path(cfg: dict, phase: Phase, paths: StagePaths) -> Path:
-    key = params.fingerprint({"cfg": cfg, "phase": phase.name, "supervised": phase.supervised})
+    what = {**cfg, "train": {k: v for k, v in cfg["train"].items() if k not in HOW_IT_RUNS}}
+    key = params.fingerprint({"cfg": what, "phase": phase.name, "supervised": phase.supervised})
     return paths.state / f"{phase.name}-{key}.pt"
 
 
@@ -127,21 +148,45 @@ def _with_plugins(plugins: PluginSet, model: torch.nn.Module, out: dict, images:
     return losses
 
 
-def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
-    """Run ``phase`` and write its checkpoint, curve and configuration under ``paths``."""
+def _log_values(losses: dict, context: distributed.Context) -> dict[str, float]:
+    """The step's scalar losses averaged over the ranks (the global batch's values), as floats."""
+    keys = sorted(k for k in losses if k not in TENSORS)
+    values = torch.tensor([float(torch.as_tensor(losses[k]).detach()) for k in keys], dtype=torch.float64)
+    return dict(zip(keys, distributed.mean_over_ranks(values, context).tolist()))
+
+
+def run(cfg: dict, phase: Phase, paths: StagePaths) -> bool:
+    """Run ``phase`` and write its checkpoint, curve and configuration under ``paths`` (rank 0 only).
+    Returns whether this process is rank 0 (the one that wrote)."""
+    t = cfg["train"]
+    dev = devices.resolve(t["device"])
+    context = distributed.init(dev)
+    try:
+        _run(cfg, phase, paths, distributed.device_of(context, dev), context)
+    finally:
+        distributed.shutdown(context)
+    return context.is_main
+
+
+def _run(cfg: dict, phase: Phase, paths: StagePaths, dev: torch.device, context: distributed.Context) -> None:
     out_checkpoint, out_log, out_config = (paths.checkpoint(phase.name), paths.train_log(phase.name),
                                            paths.stage_config(phase.name))
     t = cfg["train"]
-    dev = devices.resolve(t["device"])
-    devices.limit_cpu_threads(dev, reserved=t["workers"])
-    checkpoint.seed_everything(t["seed"])
+    if t["batch_size"] % context.world_size:
+        raise WsssError(f"key 'train.batch_size': the global batch {t['batch_size']} does not split evenly over "
+                        f"{context.world_size} processes; use a multiple of {context.world_size}")
+    devices.limit_cpu_threads(dev, reserved=t["workers"], processes=distributed.processes_on_node(context))
+    checkpoint.seed_everything(t["seed"])  # the same initial weights on every rank
     check_plugins(cfg)  # a bad plug-in setting stops the run before anything else happens
     if phase.init_checkpoint is None and cfg["model"]["pretrained"]:
-        fetch_weights(cfg["model"]["backbone"], cfg["data"]["downloads"], cfg["model"]["weights"])
+        if context.is_main:
+            fetch_weights(cfg["model"]["backbone"], cfg["data"]["downloads"], cfg["model"]["weights"])
+        distributed.barrier(context)
     # ImageNet weights only when starting from scratch; otherwise the checkpoint brings them.
-    model = build_model(cfg, load_weights=phase.init_checkpoint is None).to(dev)
+    model = distributed.sync_batchnorms(build_model(cfg, load_weights=phase.init_checkpoint is None), context, dev)
+    model = model.to(dev)
     # plug-in heads are made after the network, so that its initialisation does not depend on them
-    plugins = build_plugins(cfg, model).to(dev)
+    plugins = distributed.sync_batchnorms(build_plugins(cfg, model), context, dev).to(dev)
     optimizer = build_optimizer(model, cfg, extra=plugins)  # without plug-ins: the model's groups, unchanged
     loss_fn = build_loss(cfg, supervised=phase.supervised)
     rows: list[dict] = []
@@ -170,10 +215,10 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
         optimizer.load_state_dict(state["optimizer"])
         if plugins:
             plugins.load_state_dict(state["plugins"])
-        checkpoint.set_rng_state(state["rng"])
         start, rows, step = state["epoch"], state["log"], state["step"]
         val_rows, best, best_weights = state["val_log"], state["best"], state["best_weights"]
-        print(f"resuming {phase.name} from {state_path} at epoch {start}")
+        if context.is_main:
+            print(f"resuming {phase.name} from {state_path} at epoch {start}")
 
     dataset = _dataset(cfg)
     val_epochs = [e for e in params.validation_epochs(t) if phase.first_epoch <= e < phase.end_epoch]
@@ -181,18 +226,21 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
     use_amp = t["amp"] and dev.type == "cuda"
     for epoch in range(start, phase.end_epoch):
         if epoch in val_epochs:  # before the epoch's training, as the public code does
-            losses = validation.validation_loss(model, loss_fn, val_data, cfg, dev, phase.supervised)
+            losses = validation.validation_loss(model, loss_fn, val_data, cfg, dev, phase.supervised, context)
             score = validation.score(losses)
             val_rows.append({"stage": phase.name, "epoch": epoch, "step": step,
                              **{k: round(v, 5) for k, v in losses.items()}, "score": round(score, 5)})
-            print(f"{phase.name}: validation loss {losses['val_loss']:.4f} after {epoch} epochs")
+            if context.is_main:
+                print(f"{phase.name}: validation loss {losses['val_loss']:.4f} after {epoch} epochs")
             if t["select"] == "best" and (best["score"] is None or score > best["score"]):
                 best_weights = {"model": _cpu_copy(model.state_dict()), **_plugin_state(plugins, copy=True)}
                 best = {"epoch": epoch, "score": score}
         model.train()
+        checkpoint.seed_everything(epoch_seed(t["seed"], epoch, context.rank))
         seg_on = epoch >= t["cls_epochs"]
-        loader = _loader(dataset, cfg, epoch)
-        bar = tqdm(loader, desc=f"{phase.name} epoch {epoch + 1}/{t['epochs']}", unit="batch", dynamic_ncols=True)
+        loader = _loader(dataset, cfg, epoch, context)
+        bar = tqdm(loader, desc=f"{phase.name} epoch {epoch + 1}/{t['epochs']}", unit="batch", dynamic_ncols=True,
+                   disable=not context.is_main)
         tick, seen = time.perf_counter(), 0
         for batch in bar:
             images = batch["image"].to(dev, non_blocking=True)
@@ -205,16 +253,17 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
                                        loss_fn, extra, use_amp)
             else:
                 losses = loss_fn(out, batch["raw"].to(dev), labels, seg_on=seg_on, **extra)
-            if not torch.isfinite(losses["total"]):
-                raise WsssError(f"{phase.name}: the loss became {losses['total'].item()} at epoch {epoch}; lower train.lr")
+            value = _log_values(losses, context)
+            if not math.isfinite(value["total"]):
+                raise WsssError(f"{phase.name}: the loss became {value['total']} at epoch {epoch}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
+            distributed.average_gradients([*model.parameters(), *plugins.parameters()], context)
             optimizer.step()
             step += 1
-            seen += images.shape[0]
+            seen += images.shape[0] * context.world_size
             if step % t["log_every"] == 0:
                 now = time.perf_counter()
-                value = {k: float(torch.as_tensor(v).detach()) for k, v in losses.items() if k not in TENSORS}
                 rows.append({
                     "stage": phase.name, "epoch": epoch, "step": step,
                     "loss": round(value["total"], 5), "cls": round(value["cls"], 5), "seg": round(value["seg"], 5),
@@ -224,10 +273,11 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
                 })
                 tick, seen = now, 0
                 bar.set_postfix(loss=f"{value['total']:.3f}", seg=f"{value['seg']:.3f}")
-        checkpoint.save(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "log": rows,
-                                     "val_log": val_rows, "best": best, "best_weights": best_weights,
-                                     "signature": checkpoint.model_signature(cfg), **_plugin_state(plugins)})
+        if context.is_main:
+            checkpoint.save(state_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "epoch": epoch + 1, "step": step, "rng": checkpoint.rng_state(), "log": rows,
+                                         "val_log": val_rows, "best": best, "best_weights": best_weights,
+                                         "signature": checkpoint.model_signature(cfg), **_plugin_state(plugins)})
 
     selected = {"rule": "last", "epoch": phase.end_epoch, "score": None}
     if best["epoch"] is not None:  # train.select: best, and a validation ran in this phase
@@ -235,6 +285,8 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
         if plugins:
             plugins.load_state_dict(best_weights["plugins"])
         selected = {"rule": "best", **best}
+    if not context.is_main:
+        return
     checkpoint.save(out_checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "epoch": phase.end_epoch, "step": step, "rng": checkpoint.rng_state(), "log": rows,
                                      "signature": checkpoint.model_signature(cfg), "config": cfg,
@@ -250,10 +302,27 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> None:
     state_path.unlink(missing_ok=True)
 
 
-def run_stage(stage: str, cfg: dict, results: str | Path | None = None) -> None:
-    """The `pretrain` / `train` / `supervise` CLI: check the dataset is prepared, run the phase, say what it wrote."""
+def run_stage(stage: str, cfg: dict, results: str | Path | None = None, argv: list[str] | None = None) -> None:
+    """The `pretrain` / `train` / `supervise` CLI: check the dataset is prepared, run the phase, say what it wrote.
+
+    With ``train.processes`` > 1 and no launcher around, ``argv`` (the command's arguments) is re-run
+    under torchrun with that many processes.
+    """
     paths = for_config(cfg, results)
     provenance.check_dataset(paths.data, cfg)
     phase = phase_for(stage, cfg, paths)
-    run(cfg, phase, paths)
-    print(f"{stage}: wrote {paths.checkpoint(stage)} (epochs {phase.first_epoch}-{phase.end_epoch})")
+    processes = cfg["train"]["processes"]
+    if distributed.needs_launch(processes):
+        if cfg["train"]["batch_size"] % processes:
+            raise WsssError(f"key 'train.batch_size': the global batch {cfg['train']['batch_size']} does not split "
+                            f"evenly over {processes} processes (train.processes); use a multiple of {processes}")
+        if argv is None:
+            raise WsssError(f"key 'train.processes' is {processes}: run `wsss {stage}` from the command line, "
+                            "or under torchrun")
+        status = distributed.launch(processes, argv)
+        if status:
+            raise WsssError(f"{stage}: the run on {processes} processes failed (exit status {status}); "
+                            "the ranks' messages are above")
+        return
+    if run(cfg, phase, paths):
+        print(f"{stage}: wrote {paths.checkpoint(stage)} (epochs {phase.first_epoch}-{phase.end_epoch})")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from wsss.engine import distributed
 from wsss.errors import WsssError
 from wsss.model.pamr import PAMR
 from wsss.model.pseudo_labels import pseudo_labels
@@ -97,7 +98,11 @@ def balanced_seg_loss(
     per_image = (pixel_weight * ce).mean(dim=1)
     valid = valid_images(counts, labels)
     kept = torch.where(valid, per_image, torch.zeros_like(per_image))
-    denom = valid.sum().clamp(min=1) if reduction == "valid" else batch
+    if reduction == "valid":  # in a data-parallel run, the valid images of the global batch
+        share = distributed.share_of_count(valid.sum().float())
+        denom = torch.where(share > 0, share, torch.ones_like(share))
+    else:
+        denom = batch
     return kept.sum() / denom, valid
 
 
@@ -231,8 +236,9 @@ class SupervisedLoss:
         elif self.kind == "balanced":
             present = class_pixel_counts(mask, logits.shape[1], self.ignore_index)[:, 1:] > 0
             seg, _ = balanced_seg_loss(logits_up, mask, present.to(labels.dtype), self.ignore_index, "valid")
-        else:
-            seg = F.cross_entropy(logits_up, mask, ignore_index=self.ignore_index)
+        else:  # the mean over the labelled pixels of the global batch in a data-parallel run
+            labelled = distributed.share_of_count((mask != self.ignore_index).sum().float())
+            seg = F.cross_entropy(logits_up, mask, ignore_index=self.ignore_index, reduction="sum") / labelled
         return _result(cls + self.seg_weight * seg, cls, seg)
 
 

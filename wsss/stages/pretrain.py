@@ -6,4 +6,4 @@ from wsss.engine import trainer
 
 
 def run(cfg: dict, args) -> None:
-    trainer.run_stage("pretrain", cfg, args.results)
+    trainer.run_stage("pretrain", cfg, args.results, getattr(args, "argv", None))

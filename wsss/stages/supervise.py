@@ -14,4 +14,4 @@ from wsss.engine import trainer
 
 
 def run(cfg: dict, args) -> None:
-    trainer.run_stage("supervise", cfg, args.results)
+    trainer.run_stage("supervise", cfg, args.results, getattr(args, "argv", None))

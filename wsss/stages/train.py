@@ -7,4 +7,4 @@ from wsss.engine import trainer
 
 
 def run(cfg: dict, args) -> None:
-    trainer.run_stage("train", cfg, args.results)
+    trainer.run_stage("train", cfg, args.results, getattr(args, "argv", None))
