@@ -26,7 +26,10 @@ def test_the_reduced_run_prints_ws_fcn_beside_ssss_for_training_and_both_chunks(
         assert (config, "train b4 @64") in seen
         for chunk in (1, 8):
             assert (config, f"infer 96x72, 8 views, chunk {chunk}") in seen
-    assert len(body) == 6 and all(float(r[3]) > 0 and float(r[4]) > 0 for r in body)
+    assert ("WS-FCN", "train b4 @64, channels-last") in seen
+    assert ("WS-FCN", "infer 96x72, 8 views, chunk 8, bf16") in seen
+    assert ("WS-FCN", "infer 96x72, 8 views, chunk 8, channels-last") in seen
+    assert len(body) == 9 and all(float(r[3]) > 0 and float(r[4]) > 0 for r in body)
     assert proc.stdout.startswith("device: CPU, 1 threads")
 
 

@@ -1,5 +1,7 @@
 """GPU figures of WS-FCN beside SSSS in one run (a script, not a test): training images/s and peak
-memory in fp32 and bf16, and one image's multi-scale + flip inference with `infer.chunk` 1 and 8.
+memory in fp32 and bf16, and one image's multi-scale + flip inference with `infer.chunk` 1 and 8;
+then WS-FCN under each speed key: `train.channels_last`, `train.compile`, `train.cudnn_benchmark`
+off (the other rows autotune), `infer.amp` (bf16) and `infer.channels_last`.
 
     .venv/bin/python tests/benchmarks/bench_gpu.py             # on a GPU: the paper's sizes (below)
     .venv/bin/python tests/benchmarks/bench_gpu.py --reduced   # anywhere: the toy network, small sizes
@@ -9,8 +11,9 @@ of batch 16 at 321 x 321 (forward, fp32 or under bf16 autocast as `train.amp`, t
 with its segmentation term, PAMR included, backward, the SGD step), cuDNN autotuning on; inference of one 500 x 375 image at the 8 views of
 `infer.scales` x flip on the 1024 x 1024 canvas (`wsss.stages.infer.predict`, as the infer stage
 runs it). `--reduced` runs the same code with the toy preset (batch 4 of 64 px, a 96 x 72 image at
-its own size) so that CI checks the script; its figures mean nothing for a GPU. Prints a Markdown
-table, and the rows as JSON lines with `--json`.
+its own size; of the speed keys channels-last and bf16 inference, not compile) so that CI checks the
+script; its figures mean nothing for a GPU. Prints a Markdown table, and the rows as JSON lines
+with `--json`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train_figures(overrides: list[str], batch: int, size: int, device: str, amp: bool, warmup: int, steps: int) -> dict:
+def train_figures(overrides: list[str], batch: int, size: int, device: str, amp: bool, warmup: int, steps: int,
+                  channels_last: bool = False, compiled: bool = False) -> dict:
     """Seconds per training step (best of ``steps`` after ``warmup``) and peak memory: forward under bf16
     autocast when ``amp`` (as `train.amp`), the method's own loss with its segmentation term (PAMR and
     pseudo-labels included), backward, the SGD step."""
@@ -46,8 +50,11 @@ def train_figures(overrides: list[str], batch: int, size: int, device: str, amp:
     model = build_model(cfg, load_weights=False).to(device).train()
     optimizer = build_optimizer(model, cfg)
     loss_fn = build_loss(cfg)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    step_model = torch.compile(model) if compiled else model  # as wsss.engine.trainer.speed_settings
     raw = torch.rand(batch, 3, size, size, device=device)
-    images = normalize(raw)
+    images = normalize(raw).contiguous(memory_format=memory_format)
     labels = torch.zeros(batch, config.num_classes(cfg) - 1, device=device)
     labels[:, :2] = 1
     times = []
@@ -57,7 +64,7 @@ def train_figures(overrides: list[str], batch: int, size: int, device: str, amp:
         sync(device)
         start = time.perf_counter()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
-            out = model(images)
+            out = step_model(images)
         losses = loss_fn(out, raw, labels, seg_on=True)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -69,22 +76,26 @@ def train_figures(overrides: list[str], batch: int, size: int, device: str, amp:
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None}
 
 
-def infer_figures(overrides: list[str], image_size: tuple[int, int], chunk: int, device: str, repeats: int) -> dict:
+def infer_figures(overrides: list[str], image_size: tuple[int, int], chunk: int, device: str, repeats: int,
+                  amp: bool = False, channels_last: bool = False) -> dict:
     """Seconds per image (best of ``repeats`` after one warm-up) and peak memory of ``predict``."""
     cfg = config.load([config.REPO_ROOT / "params.yaml"], overrides)
     torch.manual_seed(0)
     model = build_model(cfg, load_weights=False).to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     image = Image.new("RGB", image_size, (120, 80, 40))
     icfg = cfg["infer"]
+    options = {"amp": amp, "channels_last": channels_last}
     with torch.no_grad():
-        predict(model, image, icfg["scales"], icfg["flip"], chunk, icfg["pad_size"], device)
+        predict(model, image, icfg["scales"], icfg["flip"], chunk, icfg["pad_size"], device, **options)
         sync(device)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            predict(model, image, icfg["scales"], icfg["flip"], chunk, icfg["pad_size"], device)
+            predict(model, image, icfg["scales"], icfg["flip"], chunk, icfg["pad_size"], device, **options)
             sync(device)
             times.append(time.perf_counter() - start)
     views = len(icfg["scales"]) * (2 if icfg["flip"] else 1)
@@ -115,6 +126,29 @@ def run(reduced: bool, device: str) -> list[dict]:
                          "peak_mem_gib": fig["peak_mem_gib"]})
             if device == "cuda":
                 torch.cuda.empty_cache()
+    rows += speed_rows(preset + CONFIGS["WS-FCN"], batch, size, image, steps, repeats, device, reduced)
+    return rows
+
+
+def speed_rows(overrides: list[str], batch: int, size: int, image: tuple[int, int], steps: int, repeats: int,
+               device: str, reduced: bool) -> list[dict]:
+    """WS-FCN under each speed key, one key at a time (fp32 training, inference with chunk 8)."""
+    rows = []
+    warmup = 1 if reduced else 3
+    trials = [("channels-last", {"channels_last": True})]
+    if device == "cuda":
+        trials += [("torch.compile", {"compiled": True}), ("cuDNN autotuning off", {})]
+    for label, options in trials:
+        torch.backends.cudnn.benchmark = device == "cuda" and label != "cuDNN autotuning off"
+        step = train_figures(overrides, batch, size, device, False, warmup=warmup, steps=steps, **options)
+        rows.append({"config": "WS-FCN", "what": f"train b{batch} @{size}, {label}", "precision": "fp32",
+                     "img_per_s": round(batch / step["s"], 1), "s": step["s"], "peak_mem_gib": step["peak_mem_gib"]})
+    torch.backends.cudnn.benchmark = device == "cuda"
+    for label, options in (("bf16", {"amp": True}), ("channels-last", {"channels_last": True})):
+        fig = infer_figures(overrides, image, 8, device, repeats, **options)
+        rows.append({"config": "WS-FCN", "what": f"infer {image[0]}x{image[1]}, {fig['views']} views, chunk 8, {label}",
+                     "precision": "bf16" if options.get("amp") else "fp32", "img_per_s": round(1 / fig["s_per_image"], 2),
+                     "s": fig["s_per_image"], "peak_mem_gib": fig["peak_mem_gib"]})
     return rows
 
 

@@ -7,6 +7,7 @@ import os
 import torch
 
 from wsss.errors import WsssError
+from wsss.utils.cores import available_cores
 
 
 def resolve(name: str) -> torch.device:
@@ -28,7 +29,7 @@ def limit_cpu_threads(dev: torch.device, reserved: int = 0, processes: int = 1) 
     """
     if dev.type != "cpu":
         return torch.get_num_threads()
-    budget = os.cpu_count() or 1
+    budget = available_cores()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
         budget = int(os.environ["OMP_NUM_THREADS"])
     threads = max(1, budget // max(1, processes) - reserved)

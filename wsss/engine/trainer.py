@@ -85,11 +85,28 @@ def _dataset(cfg: dict) -> VOCSegmentation:
     return dataset
 
 
-def _loader(dataset: VOCSegmentation, cfg: dict, epoch: int, context: distributed.Context) -> DataLoader:
-    """This rank's share of every global batch of ``epoch`` (`wsss.data.sampling`)."""
+def _loader(dataset: VOCSegmentation, cfg: dict, epoch: int, context: distributed.Context,
+            pin_memory: bool = False) -> DataLoader:
+    """This rank's share of every global batch of ``epoch`` (`wsss.data.sampling`); ``pin_memory``
+    (training on a GPU) lets the batches go to it asynchronously."""
     t = cfg["train"]
     batches = EpochBatches(len(dataset), t["batch_size"], t["seed"], epoch, context.rank, context.world_size)
-    return DataLoader(SeededSamples(dataset, t["seed"]), batch_sampler=batches, num_workers=t["workers"])
+    return DataLoader(SeededSamples(dataset, t["seed"]), batch_sampler=batches, num_workers=t["workers"],
+                      pin_memory=pin_memory)
+
+
+def speed_settings(model: torch.nn.Module, cfg: dict, dev: torch.device) -> tuple[torch.nn.Module, torch.memory_format]:
+    """The training-speed keys, none of which changes what is computed beyond float rounding:
+    ``train.channels_last`` (the network's weights and the batches in channels-last memory format),
+    ``train.cudnn_benchmark`` (cuDNN picks its fastest convolution algorithms; CUDA only) and
+    ``train.compile`` (the training steps run ``torch.compile(model)``; the weights saved are the
+    eager module's, so checkpoints do not change). Returns the module the steps call and the
+    batches' memory format."""
+    t = cfg["train"]
+    memory_format = torch.channels_last if t["channels_last"] else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    torch.backends.cudnn.benchmark = bool(t["cudnn_benchmark"]) and dev.type == "cuda"
+    return (torch.compile(model) if t["compile"] else model), memory_format
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -187,6 +204,7 @@ def _run(cfg: dict, phase: Phase, paths: StagePaths, dev: torch.device, context:
     model = model.to(dev)
     # plug-in heads are made after the network, so that its initialisation does not depend on them
     plugins = distributed.sync_batchnorms(build_plugins(cfg, model), context, dev).to(dev)
+    step_model, memory_format = speed_settings(model, cfg, dev)
     optimizer = build_optimizer(model, cfg, extra=plugins)  # without plug-ins: the model's groups, unchanged
     loss_fn = build_loss(cfg, supervised=phase.supervised)
     rows: list[dict] = []
@@ -238,18 +256,18 @@ def _run(cfg: dict, phase: Phase, paths: StagePaths, dev: torch.device, context:
         model.train()
         checkpoint.seed_everything(epoch_seed(t["seed"], epoch, context.rank))
         seg_on = epoch >= t["cls_epochs"]
-        loader = _loader(dataset, cfg, epoch, context)
+        loader = _loader(dataset, cfg, epoch, context, pin_memory=dev.type == "cuda")
         bar = tqdm(loader, desc=f"{phase.name} epoch {epoch + 1}/{t['epochs']}", unit="batch", dynamic_ncols=True,
                    disable=not context.is_main)
         tick, seen = time.perf_counter(), 0
         for batch in bar:
-            images = batch["image"].to(dev, non_blocking=True)
+            images = batch["image"].to(dev, non_blocking=True).contiguous(memory_format=memory_format)
             labels = batch["labels"].to(dev)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = model(images)
+                out = step_model(images)
             extra = {"mask": batch["mask"].to(dev)} if phase.supervised else {}
             if plugins:
-                losses = _with_plugins(plugins, model, out, images, batch["raw"].to(dev), labels, epoch, seg_on,
+                losses = _with_plugins(plugins, step_model, out, images, batch["raw"].to(dev), labels, epoch, seg_on,
                                        loss_fn, extra, use_amp)
             else:
                 losses = loss_fn(out, batch["raw"].to(dev), labels, seg_on=seg_on, **extra)

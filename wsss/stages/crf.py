@@ -13,7 +13,6 @@ Writes ``results/<dataset>/<split>/crf/masks/<name>.png``.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -28,6 +27,7 @@ from wsss.errors import WsssError
 from wsss.paths import for_config
 from wsss.stages import shards
 from wsss.utils.atomic import atomic_path, write_yaml
+from wsss.utils.cores import available_cores
 
 
 def read_probs(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +112,7 @@ def run(cfg: dict, args) -> None:
     shard = shards.Shard.parse(args.shard, len(names)) if args.shard else None
     target = shards.shard_dir(paths.crf, shard) if shard else paths.crf
     names = shard.take(names) if shard else names
-    workers = cfg["crf"]["workers"] or os.cpu_count() or 1
+    workers = cfg["crf"]["workers"] or available_cores()
     with atomic_path(target, directory=True) as tmp:
         (tmp / "masks").mkdir()
         job = partial(_one, image_dir=paths.data / "JPEGImages", probs_dir=probs_dir, out_dir=tmp / "masks", crf=crf_cfg,

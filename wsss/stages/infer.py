@@ -84,7 +84,8 @@ def place(view: torch.Tensor, pad_size: list[int] | None) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, image: Image.Image, scales: list[float], flip: bool, chunk: int,
-            pad_size: list[int] | None = None, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+            pad_size: list[int] | None = None, device: torch.device | str = "cpu", amp: bool = False,
+            channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-scale + flip inference on one RGB image.
 
     Returns the masks ``(C, H, W)`` averaged over the views (float32; for the single-stage network
@@ -92,8 +93,13 @@ def predict(model: torch.nn.Module, image: Image.Image, scales: list[float], fli
     ``(C-1,)``: the max over views of sigmoid(class score); None for a network without class scores
     (the second stage's, whose masks are its softmax).
     Views of one size run together, at most ``chunk`` per forward pass; the result does not depend
-    on ``chunk`` or on the order of ``scales``. Raises ValueError when a view exceeds ``pad_size``.
+    on ``chunk`` or on the order of ``scales``. ``amp``: the network's forward under bf16 autocast
+    (``infer.amp``; the masks are averaged in float32); ``channels_last``: the views in channels-last
+    memory format (``infer.channels_last``, for a model converted likewise). Raises ValueError when a
+    view exceeds ``pad_size``.
     """
+    device_type = torch.device(device).type
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     height, width = image.height, image.width
     plan = views(scales, flip)
     placed = {}
@@ -107,7 +113,9 @@ def predict(model: torch.nn.Module, image: Image.Image, scales: list[float], fli
         members = groups[size]
         for start in range(0, len(members), chunk):
             keys = members[start:start + chunk]
-            out = model(torch.stack([placed[k][0] for k in keys]).to(device))
+            batch = torch.stack([placed[k][0] for k in keys]).to(device).contiguous(memory_format=memory_format)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+                out = model(batch)
             masks = F.interpolate(out["masks"].float(), size=size, mode="bilinear", align_corners=True)
             for i, key in enumerate(keys):
                 top, left, h, w = placed[key][1]
@@ -223,6 +231,8 @@ def run(cfg: dict, args) -> None:
     target = shards.shard_dir(paths.infer, shard) if shard else paths.infer
     dev = devices.resolve(icfg["device"])
     model, source = (load_segmenter if stage2 else load_model)(cfg, dev, model_path)
+    if icfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     with atomic_path(target, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "probs").mkdir()
@@ -231,7 +241,8 @@ def run(cfg: dict, args) -> None:
         for i in tqdm(indices, desc=desc, unit="img", dynamic_ncols=True):
             name = dataset.names[i]
             image, mask = dataset.load(i)  # one decode of each file, the mask checked
-            masks, scores = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev)
+            masks, scores = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev,
+                                    icfg["amp"], icfg["channels_last"])
             if stage2:  # every class, the background the network's own: its averaged softmax
                 ids, probs = np.arange(dataset.num_classes, dtype=np.uint8), masks.cpu().numpy()
             else:

@@ -23,7 +23,6 @@ pseudo-masks, after the CRF, VOC palette), ``masks_raw/<name>.png`` (before it),
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -41,6 +40,7 @@ from wsss.paths import for_config
 from wsss.stages.crf import refine
 from wsss.stages.infer import check_canvas, combine, load_model, predict
 from wsss.utils.atomic import atomic_path, write_yaml
+from wsss.utils.cores import available_cores
 
 
 def refine_to_file(image: np.ndarray, ids: np.ndarray, probs: np.ndarray, crf: dict, num_classes: int, out: Path) -> None:
@@ -54,7 +54,7 @@ def run(cfg: dict, args) -> None:
     provenance.check_dataset(paths.data, cfg)
     dataset = VOCSegmentation(paths.data, cfg["data"]["train_split"], n, mask_dir=training_mask_dir(cfg, paths.data))
     check_canvas(dataset, icfg)
-    workers = cfg["crf"]["workers"] or os.cpu_count() or 1
+    workers = cfg["crf"]["workers"] or available_cores()
     dev = devices.resolve(icfg["device"])
     devices.limit_cpu_threads(dev, reserved=workers if workers > 1 else 0)
     model, source = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
@@ -69,7 +69,8 @@ def run(cfg: dict, args) -> None:
             for i in tqdm(range(len(dataset)), desc=f"pseudo {dataset.split}", unit="img", dynamic_ncols=True):
                 name = dataset.names[i]
                 image, mask = dataset.load(i)
-                masks, _ = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev)
+                masks, _ = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev,
+                                   icfg["amp"])
                 present = torch.from_numpy(labels_from_mask(mask, n)).to(dev) > 0
                 ids, probs = combine(masks, present, icfg)
                 save_mask(ids[probs.argmax(0)], tmp / "masks_raw" / f"{name}.png")
