@@ -243,6 +243,7 @@ def test_train_processes_relaunches_the_command_under_torchrun(run_config, tmp_p
     assert bad.returncode != 0 and "train.batch_size" in bad.stderr and "3 processes" in bad.stderr
 
 
+@pytest.mark.slow  # copies the git checkout, as the engine tests do
 def test_the_snakemake_training_jobs_ask_for_one_gpu_per_process(tmp_path):
     from test_engines import make_copy, sh
 

@@ -146,13 +146,3 @@ def test_source_that_does_not_exist(tmp_path):
     with pytest.raises(WsssError, match="data.source.*nowhere"):
         voc.prepare_voc(voc_data_cfg(tmp_path, source=str(tmp_path / "nowhere")), tmp_path / "voc", progress=False)
 
-
-def test_coco_is_a_seam(tmp_path):
-    from wsss.stages.prepare import PREPARERS, prepare_dataset
-
-    assert set(PREPARERS) == {"toy", "voc", "coco"}
-    cfg = voc_data_cfg(tmp_path)
-    cfg["name"] = "coco"
-    with pytest.raises(WsssError, match="coco.*not implemented"):
-        prepare_dataset(cfg, tmp_path / "coco", progress=False)
-    assert not (tmp_path / "coco").exists()

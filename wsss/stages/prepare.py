@@ -1,4 +1,4 @@
-"""The prepare stage: build ``data/<name>`` (toy, voc; coco is a seam) as one VOC-format root.
+"""The prepare stage: build ``data/<name>`` (toy, voc, coco) as one VOC-format root.
 
 The dataset is built in a temporary folder beside its target and renamed into place only when
 complete; ``prepared.json`` (dataset, classes, split sizes, the resolved ``data`` config) is
