@@ -390,6 +390,23 @@ def test_a_failing_slurm_job_is_reported_not_waited_on(slurm, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resource_the_cluster_lacks_is_refused_at_submission(slurm, tmp_path):
+    """A job asking for a GPU on a cluster without any is refused by sbatch before it runs: Snakemake
+    stops with SLURM's message naming the resource, and never waits on it."""
+    (tmp_path / "Snakefile").write_text(
+        'rule wants_gpu:\n    output: "never.txt"\n    resources: gpu=1, mem_mb=100, runtime=2\n'
+        '    shell: "touch {output}"\n')
+    proc = run([str(BIN / "snakemake"), "--profile", str(SLURM_PROFILE.parent), "--cores", "1", *_fast_polling(),
+                "never.txt"], tmp_path, slurm.env, timeout=180)
+    printed = proc.stdout + proc.stderr
+    assert proc.returncode != 0, printed[-3000:]
+    assert "Error in rule wants_gpu" in printed and "SLURM sbatch failed" in printed, printed[-3000:]
+    assert "Invalid generic resource (gres) specification" in printed and "--gpus=1" in printed, printed[-3000:]
+    assert not (tmp_path / "never.txt").exists()
+    assert not [job for job in slurm.jobs().values() if job["comment"].startswith("rule_wants_gpu")]
+
+
+@pytest.mark.slow
 def test_toy_dag_through_slurm_gives_the_local_result(slurm, tmp_path):
     """The reduced toy DAG with profiles/slurm: every stage one SLURM job with its rule's CPUs, memory
     and time limit, each with its SLURM log, and the same metrics as the DAG run with profiles/local."""
