@@ -43,6 +43,14 @@ class SeededSamples(Dataset):
             return self.dataset[index]
 
 
+def check_batch_split(batch_size: int, world_size: int) -> None:
+    """Refuse a global batch that does not split evenly over ``world_size`` processes (WsssError
+    naming ``train.batch_size``)."""
+    if batch_size % world_size:
+        raise WsssError(f"key 'train.batch_size': the global batch {batch_size} does not split evenly over "
+                        f"{world_size} processes (train.processes); use a multiple of {world_size}")
+
+
 class EpochBatches(Sampler):
     """The batches of ``(epoch, index)`` keys one rank loads in one epoch (see the module).
 
@@ -50,9 +58,7 @@ class EpochBatches(Sampler):
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1):
-        if batch_size % world_size:
-            raise WsssError(f"key 'train.batch_size': the global batch {batch_size} does not split evenly over "
-                            f"{world_size} processes; use a multiple of {world_size}")
+        check_batch_split(batch_size, world_size)
         self.size, self.batch_size, self.seed, self.epoch = size, batch_size, seed, epoch
         self.rank, self.world_size = rank, world_size
 

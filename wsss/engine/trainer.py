@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from wsss import config as params, provenance
 from wsss.data.dataset import VOCSegmentation
-from wsss.data.sampling import EpochBatches, SeededSamples, sample_seed
+from wsss.data.sampling import EpochBatches, SeededSamples, check_batch_split, sample_seed
 from wsss.data.transforms import TrainTransform
 from wsss.data.voc import training_mask_dir
 from wsss.data.weights import fetch_weights
@@ -189,9 +189,7 @@ def _run(cfg: dict, phase: Phase, paths: StagePaths, dev: torch.device, context:
     out_checkpoint, out_log, out_config = (paths.checkpoint(phase.name), paths.train_log(phase.name),
                                            paths.stage_config(phase.name))
     t = cfg["train"]
-    if t["batch_size"] % context.world_size:
-        raise WsssError(f"key 'train.batch_size': the global batch {t['batch_size']} does not split evenly over "
-                        f"{context.world_size} processes; use a multiple of {context.world_size}")
+    check_batch_split(t["batch_size"], context.world_size)
     devices.limit_cpu_threads(dev, reserved=t["workers"], processes=distributed.processes_on_node(context))
     checkpoint.seed_everything(t["seed"])  # the same initial weights on every rank
     check_plugins(cfg)  # a bad plug-in setting stops the run before anything else happens
@@ -331,9 +329,7 @@ def run_stage(stage: str, cfg: dict, results: str | Path | None = None, argv: li
     phase = phase_for(stage, cfg, paths)
     processes = cfg["train"]["processes"]
     if distributed.needs_launch(processes):
-        if cfg["train"]["batch_size"] % processes:
-            raise WsssError(f"key 'train.batch_size': the global batch {cfg['train']['batch_size']} does not split "
-                            f"evenly over {processes} processes (train.processes); use a multiple of {processes}")
+        check_batch_split(cfg["train"]["batch_size"], processes)
         if argv is None:
             raise WsssError(f"key 'train.processes' is {processes}: run `wsss {stage}` from the command line, "
                             "or under torchrun")
