@@ -252,7 +252,7 @@ def test_download_convert_and_assemble(served, mini_coco, http_server, tmp_path,
 def test_prepare_stage_with_mirrors(served, mini_coco, tmp_path, monkeypatch):
     from wsss.stages.prepare import PREPARERS, prepare_dataset
 
-    assert set(PREPARERS) == {"toy", "voc", "coco"}
+    assert set(PREPARERS) == {"toy", "voc", "coco", "custom"}
     for key, arc in coco.ARCHIVES.items():
         monkeypatch.setenv(arc.env, served[key])
         monkeypatch.setitem(coco.ARCHIVES, key, dataclasses.replace(arc, md5=mini_coco["md5s"][key]))

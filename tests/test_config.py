@@ -421,11 +421,11 @@ def test_resolve_errors_name_the_origin_and_the_key():
     with pytest.raises(ParamsError, match=exactly("mine: missing section 'crf'")):
         config.resolve(raw, ["crf=5"], origin="mine")
     with pytest.raises(ParamsError, match=exactly(
-            f"{PARAMS}: key 'data.name': 'cityscapes' has no preset (presets: toy, voc, coco)")):
+            f"{PARAMS}: key 'data.name': 'cityscapes' has no preset (presets: toy, voc, coco, custom)")):
         config.load([PARAMS], ["data.name=cityscapes"])
     with pytest.raises(ParamsError, match=exactly("params: key 'data.name': 'toy' has no preset (presets: )")):
         config.resolve({k: v for k, v in raw.items() if k != "presets"})
-    with pytest.raises(ParamsError, match=exactly(f"{PARAMS}: key 'data.name': [1] has no preset (presets: toy, voc, coco)")):
+    with pytest.raises(ParamsError, match=exactly(f"{PARAMS}: key 'data.name': [1] has no preset (presets: toy, voc, coco, custom)")):
         config.load([PARAMS], ["data.name=[1]"])  # not a name at all
 
 
@@ -434,7 +434,7 @@ def test_every_preset_is_validated_under_its_own_name(tmp_path):
         tree["presets"]["foo"] = copy.deepcopy(tree["presets"]["toy"])
     path = write_params(tmp_path, edit)
     with pytest.raises(ParamsError, match=exactly(
-            f"{path} (presets.foo): key 'data.name': 'foo' is not allowed (allowed: toy, voc, coco)")):
+            f"{path} (presets.foo): key 'data.name': 'foo' is not allowed (allowed: toy, voc, coco, custom)")):
         config.load([path])
 
 

@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "params.schema.yaml"
 SECTIONS = ("data", "model", "train", "infer", "crf", "eval", "pseudo", "retrain", "plugins")
 NUM_CLASSES = {"voc": 21, "coco": 81}
+MAX_CLASSES = 255  # mask values 0..254 name classes; 255 is ignore
 
 
 class ParamsError(WsssError):
@@ -175,6 +176,10 @@ def validate(resolved: dict, origin: str = "params") -> None:
     if errors:
         raise ParamsError(f"{origin}: " + "; ".join(_format_error(e) for e in errors))
     data = resolved["data"]
+    if data["classes"] is not None and len(data["classes"]) > MAX_CLASSES:
+        raise ParamsError(f"{origin}: key 'data.classes': {len(data['classes'])} names, but mask values stop at "
+                          f"{MAX_CLASSES - 1} (255 is ignore): at most {MAX_CLASSES} classes, background included; "
+                          f"the first name too many is {data['classes'][MAX_CLASSES]!r}")
     if data["toy"]["min_size"] > data["toy"]["max_size"]:
         raise ParamsError(f"{origin}: key 'data.toy.min_size' must not exceed 'data.toy.max_size'")
     train = resolved["train"]
@@ -230,6 +235,8 @@ def resolve(raw: dict, overrides: Iterable[str] = (), origin: str = "params") ->
             raise ParamsError(f"override {item!r}: unknown key '{'.'.join(keys)}'")
         _set_path(resolved, keys, value)
     validate(resolved, origin)
+    if resolved["data"]["name"] == "custom":
+        check_custom(resolved["data"], origin)
     return resolved
 
 
@@ -254,11 +261,21 @@ def load(paths: Iterable[str | Path] = ("params.yaml",), overrides: Iterable[str
 
 
 def num_classes(cfg: dict) -> int:
-    """Classes including background, for the configured dataset."""
+    """Classes including background, for the configured dataset (``custom``: the names in ``data.classes``)."""
     name = cfg["data"]["name"]
     if name == "toy":
         return cfg["data"]["toy"]["num_classes"] + 1
+    if name == "custom":
+        check_custom(cfg["data"])
+        return len(cfg["data"]["classes"])
     return NUM_CLASSES[name]
+
+
+def check_custom(data: dict, origin: str = "params") -> None:
+    """``data.name: custom`` needs ``data.classes``: the names, background first (ParamsError naming the key)."""
+    if not data.get("classes"):
+        raise ParamsError(f"{origin}: key 'data.classes': data.name 'custom' needs the class names, background first "
+                          "(the name at index k is mask value k), e.g. [background, cat, dog]")
 
 
 def fingerprint(obj: Any) -> str:

@@ -68,7 +68,7 @@ from tqdm import tqdm
 
 from wsss.data.download import check_md5, download, md5sum, reachable
 from wsss.data.palette import IGNORE, save_mask
-from wsss.data.voc import Archive, _link_or_copy, write_lists
+from wsss.data.voc import Archive, link_or_copy, write_lists
 from wsss.errors import WsssError
 from wsss.utils.atomic import atomic_path, write_json
 from wsss.utils.cores import available_cores
@@ -550,8 +550,8 @@ def prepare_coco(data_cfg: dict, out_dir: Path, *, urls: dict | None = None, md5
         (out_dir / "JPEGImages").mkdir(parents=True, exist_ok=True)
         (out_dir / "SegmentationClass").mkdir(parents=True, exist_ok=True)
         for name, image in tqdm(list(zip(names, kept)), desc=f"assemble {subset}", unit="img", disable=not progress):
-            _link_or_copy(folder / subset / image["file_name"], out_dir / "JPEGImages" / f"{name}.jpg")
-            _link_or_copy(mask_file(masks, name), out_dir / "SegmentationClass" / f"{name}.png")
+            link_or_copy(folder / subset / image["file_name"], out_dir / "JPEGImages" / f"{name}.jpg")
+            link_or_copy(mask_file(masks, name), out_dir / "SegmentationClass" / f"{name}.png")
         lists[split] = names
     lists["train_aug"] = list(lists["train"])
     write_lists(out_dir, lists)

@@ -96,7 +96,7 @@ def _find_dir(base: Path, marker: str, depth: int = 4) -> Path | None:
     return None
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:
@@ -277,13 +277,13 @@ def _from_voc_folder(source: Path, data_cfg: dict, out_dir: Path, progress: bool
     (out_dir / "SegmentationClass").mkdir(parents=True, exist_ok=True)
     names = sorted(set().union(*lists.values()))
     for name in tqdm(names, desc="link VOC-format copy", unit="img", disable=not progress):
-        _link_or_copy(source / "JPEGImages" / f"{name}.jpg", out_dir / "JPEGImages" / f"{name}.jpg")
-        _link_or_copy(source / "SegmentationClass" / f"{name}.png", out_dir / "SegmentationClass" / f"{name}.png")
+        link_or_copy(source / "JPEGImages" / f"{name}.jpg", out_dir / "JPEGImages" / f"{name}.jpg")
+        link_or_copy(source / "SegmentationClass" / f"{name}.png", out_dir / "SegmentationClass" / f"{name}.png")
     aug = lists.get("train_aug", [])
     if aug and all((source / AUG_MASKS / f"{name}.png").is_file() for name in aug):
         (out_dir / AUG_MASKS).mkdir(exist_ok=True)
         for name in tqdm(aug, desc=f"link {AUG_MASKS}", unit="img", disable=not progress):
-            _link_or_copy(source / AUG_MASKS / f"{name}.png", out_dir / AUG_MASKS / f"{name}.png")
+            link_or_copy(source / AUG_MASKS / f"{name}.png", out_dir / AUG_MASKS / f"{name}.png")
     write_lists(out_dir, lists)
     return lists
 

@@ -1,4 +1,4 @@
-"""The prepare stage: build ``data/<name>`` (toy, voc, coco) as one VOC-format root.
+"""The prepare stage: build ``data/<name>`` (toy, voc, coco, custom) as one VOC-format root.
 
 The dataset is built in a temporary folder beside its target and renamed into place only when
 complete; ``prepared.json`` (dataset, classes, split sizes, the resolved ``data`` config) is
@@ -37,8 +37,15 @@ def _coco(data_cfg: dict, out_dir: Path, progress: bool) -> dict:
     return prepare_coco(data_cfg, out_dir, progress=progress)
 
 
+def _custom(data_cfg: dict, out_dir: Path, progress: bool) -> dict:
+    from wsss.data.custom import prepare_custom
+
+    return prepare_custom(data_cfg, out_dir, progress=progress)
+
+
 # data.name -> builder(data_cfg, out_dir, progress) -> {num_classes, class_names, splits}
-PREPARERS: dict[str, Callable[[dict, Path, bool], dict]] = {"toy": _toy, "voc": _voc, "coco": _coco}
+PREPARERS: dict[str, Callable[[dict, Path, bool], dict]] = {"toy": _toy, "voc": _voc, "coco": _coco,
+                                                                  "custom": _custom}
 
 
 def _check_target(data_cfg: dict, target: Path) -> None:
