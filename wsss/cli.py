@@ -18,6 +18,8 @@ STAGES = {
     "infer": ("wsss.stages.infer", "multi-scale + flip inference on the evaluation split"),
     "crf": ("wsss.stages.crf", "dense-CRF refinement of the inferred masks, parallel over images"),
     "evaluate": ("wsss.stages.evaluate", "confusion matrix, per-class IoU, mIoU and pixel accuracy, raw and CRF"),
+    "predict": ("wsss.stages.predict", "segment a folder of your own images with a trained checkpoint: masks, overlays "
+                                       "and optionally the probabilities (multi-scale + flip, CRF)"),
     "pseudo": ("wsss.stages.pseudo", "pseudo-masks of the training split (multi-scale + flip, image-level labels, CRF) "
                                      "for a second, fully supervised stage; `wsss evaluate --pseudo` scores them"),
     "retrain": ("wsss.stages.retrain", "the second stage: torchvision's DeepLabV3 trained on the pseudo-masks"),
@@ -59,7 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
                                        f"<{name} folder>.shards/I-of-N/, for `--gather N` to join")
             sharding.add_argument("--gather", type=int, default=None, metavar="N",
                                   help=f"join the N shards into the {name} folder, refusing a missing or foreign one")
-        if name in ("infer", "pseudo"):
+        if name == "predict":
+            p.add_argument("images", metavar="IMAGES", help="a folder of images (JPEG, PNG, BMP, TIFF, WebP; any size or mode)")
+            p.add_argument("out", metavar="OUT", help="where masks/, overlays/ (and probs/) go; a re-run continues there")
+            p.add_argument("--probs", action="store_true", help="also write each image's class scores (probs/<name>.npz)")
+            p.add_argument("--no-crf", action="store_true", help="the masks without the dense CRF")
+            p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                           help="a file that is not a readable image: stop naming it (default; what was done stays and "
+                                "a re-run continues), or skip it, list it in OUT/skipped.tsv and go on")
+        if name in ("infer", "pseudo", "predict"):
             p.add_argument("--checkpoint", default=None, metavar="PATH",
                            help="the model to run (default: <results>/<dataset>/train.pt, with --stage2 retrain.pt); "
                                 "e.g. a `wsss supervise` checkpoint")
