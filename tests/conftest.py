@@ -78,7 +78,7 @@ def run_cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def small_toy_cfg(**changes) -> dict:
     """A ``data.toy`` section small enough for tests (48 train / 24 val images of 64-80 px)."""
     cfg = {
-        "seed": 0, "num_classes": 10, "n_train": 48, "n_val": 24, "min_size": 64, "max_size": 80,
+        "seed": 0, "num_classes": 10, "n_train": 48, "n_val": 24, "n_test": 0, "min_size": 64, "max_size": 80,
         "max_objects": 4, "part_contrast": 1.0, "part_fraction": 0.25, "context_prob": 0.8, "occlusion": 0.5, "clutter": 0.5,
         "ignore_width": 1,
     }
@@ -89,8 +89,8 @@ def small_toy_cfg(**changes) -> dict:
 def small_toy_data_cfg(root: Path, **changes) -> dict:
     """A whole ``data`` section for the small toy set, preparing into ``root``."""
     return {
-        "name": "toy", "root": str(root), "downloads": str(Path(root) / "downloads"), "source": None,
-        "train_split": "train_aug", "eval_split": "val", "toy": small_toy_cfg(**changes),
+        "name": "toy", "root": str(root), "downloads": str(Path(root) / "downloads"), "source": None, "classes": None,
+        "train_split": "train_aug", "eval_split": "val", "test_source": None, "toy": small_toy_cfg(**changes),
     }
 
 
@@ -363,7 +363,7 @@ def mini_archives(tmp_path_factory) -> dict:
 def voc_data_cfg(root: Path, source: str | None = None) -> dict:
     """A ``data`` section for voc, preparing under ``root`` with its download cache there."""
     return {"name": "voc", "root": str(root), "downloads": str(Path(root) / "downloads"), "source": source,
-            "train_split": "train_aug", "eval_split": "val", "toy": small_toy_cfg()}
+            "classes": None, "train_split": "train_aug", "eval_split": "val", "test_source": None, "toy": small_toy_cfg()}
 
 
 def run_killed_after_first_epoch(monkeypatch, cfg: dict, phase, paths) -> None:

@@ -189,8 +189,8 @@ def offline(monkeypatch, closed_url):
 
 def coco_data_cfg(root: Path, source: str | Path | None = None) -> dict:
     return {"name": "coco", "root": str(root), "downloads": str(Path(root) / "downloads"),
-            "source": None if source is None else str(source), "train_split": "train_aug", "eval_split": "val",
-            "toy": small_toy_cfg()}
+            "source": None if source is None else str(source), "classes": None, "train_split": "train_aug",
+            "eval_split": "val", "test_source": None, "toy": small_toy_cfg()}
 
 
 def _lines(path: Path) -> list[str]:

@@ -6,9 +6,11 @@ repository (a git repository, as `dvc exp run` needs), with Snakemake and with D
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -23,13 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SINGLE_STAGE = ["prepare", "pretrain", "train", "infer", "crf", "evaluate"]  # results/toy_val_miou.csv
 TWO_STAGE = ["pseudo", "evaluate_pseudo", "retrain", "infer_stage2", "crf_stage2", "evaluate_stage2"]
-STAGES = [*SINGLE_STAGE, *TWO_STAGE]
-# the single-stage result, the two-stage one, the pseudo-masks' score
-TARGETS = ["results/toy_val_miou.csv", "results/toy_val_miou_stage2.csv", "results/toy_train_aug_pseudo_miou.csv"]
+STAGES = [*SINGLE_STAGE, "submit", *TWO_STAGE]
+# the single-stage result, the two-stage one, the pseudo-masks' score, the test-server archive
+TARGETS = ["results/toy_val_miou.csv", "results/toy_val_miou_stage2.csv", "results/toy_train_aug_pseudo_miou.csv",
+           "results/toy_test_submission.tar.gz"]
 
 # A reduced configuration: the same DAG and code paths, sized for seconds per stage.
 REDUCED = {
-    "data.toy.n_train": 48, "data.toy.n_val": 12, "data.toy.min_size": 64, "data.toy.max_size": 72,
+    "data.toy.n_train": 48, "data.toy.n_val": 12, "data.toy.n_test": 5, "data.toy.min_size": 64, "data.toy.max_size": 72,
     "presets.toy.train.batch_size": 8, "presets.toy.train.crop_size": 64,
     "presets.toy.train.epochs": 2, "presets.toy.train.cls_epochs": 1,
     "infer.scales": [1.0, 0.5], "presets.toy.train.workers": 0, "crf.workers": 2,
@@ -184,15 +187,22 @@ def test_snakemake_runs_the_whole_dag(snakemake_run):
     assert 0.0 <= pseudo["miou_crf"] <= 1.0 and pseudo["images"] == REDUCED["data.toy.n_train"]
     stage2 = json.loads((snakemake_run / "results" / "metrics" / "toy_val_stage2.json").read_text())
     assert 0.0 <= stage2["miou_crf"] <= 1.0 and stage2["images"] == REDUCED["data.toy.n_val"]
+    import tarfile
+
+    with tarfile.open(snakemake_run / "results" / "toy_test_submission.tar.gz") as tar:
+        pngs = sorted(m.name for m in tar.getmembers() if m.isfile())
+    tests = (snakemake_run / "data/toy/ImageSets/Segmentation/test.txt").read_text().split()
+    assert pngs == [f"results/VOC2012/Segmentation/comp6_test_cls/{n}.png" for n in sorted(tests)]
+    assert len(tests) == REDUCED["data.toy.n_test"]
     assert jobs_planned(snakemake_run, *TARGETS) == set()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key,value,expected", [
     # a crf.* change re-runs the pseudo-masks and everything after them, and nothing before
-    ("crf.bi_sxy", 50, {"crf", "evaluate", *TWO_STAGE}),
+    ("crf.bi_sxy", 50, {"crf", "evaluate", "submit", *TWO_STAGE}),
     ("crf.workers", 1, set()),  # how many processes run the CRF changes no result
-    ("infer.fp_cut", 0.2, {"infer", "crf", "evaluate"}),
+    ("infer.fp_cut", 0.2, {"infer", "crf", "evaluate", "submit"}),
     ("model.fca", False, set(STAGES) - {"prepare"}),
     ("presets.toy.train.pseudo_floor", 0.3, set(STAGES) - {"prepare", "pretrain"}),
     ("plugins.rtc.enabled", True, set(STAGES) - {"prepare"}),
@@ -277,11 +287,11 @@ def test_dvc_repro_runs_the_whole_dag_and_is_then_clean(dvc_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key,value,changed,ran", [
-    ("crf.bi_sxy", 50, {"crf", "pseudo", "crf_stage2"}, {"crf", "evaluate", *TWO_STAGE}),
+    ("crf.bi_sxy", 50, {"crf", "pseudo", "crf_stage2", "submit"}, {"crf", "evaluate", "submit", *TWO_STAGE}),
     ("crf.workers", 1, set(), None),
-    ("infer.fp_cut", 0.2, {"infer"}, {"infer", "crf", "evaluate"}),  # not the pseudo-masks: their classes are the image labels
+    ("infer.fp_cut", 0.2, {"infer", "submit"}, {"infer", "crf", "evaluate", "submit"}),  # not the pseudo-masks: their classes are the image labels
     # the whole re-run from pretrain is what test_dvc_exp_run_ablation_and_exp_show runs
-    ("model.fca", False, {"pretrain", "train", "infer", "pseudo"}, None),
+    ("model.fca", False, {"pretrain", "train", "infer", "pseudo", "submit"}, None),
     ("plugins.fbr.enabled", True, {"pretrain", "train"}, None),
 ])
 def test_dvc_reruns_only_what_a_param_change_touches(dvc_run, key, value, changed, ran):
@@ -370,3 +380,240 @@ def test_voc_target_without_data_or_network_stops_in_prepare(tmp_path, monkeypat
     printed = proc.stdout + proc.stderr
     assert "Error in rule prepare" in printed
     assert not re.search(r"^(local)?rule (pretrain|train|infer|crf|evaluate):", printed, flags=re.M)
+
+
+# ---------------------------------------------------------------- the report
+
+class Chromium:
+    """A headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: the
+    browser reads commands on its fd 3 and writes replies and events on its fd 4, each message JSON ended
+    by a NUL byte), on one page of ``width`` x ``height`` CSS pixels."""
+
+    def __init__(self, exe: str, profile: Path, width: int = 1400, height: int = 1000, timeout: float = 60.0):
+        profile.mkdir(parents=True, exist_ok=True)
+        to_browser, from_browser = os.pipe(), os.pipe()
+        self.stderr = open(profile / "chromium.log", "wb")
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser[0]} 4>&{from_browser[1]}', exe, "--headless",
+             "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-pipe", f"--user-data-dir={profile}",
+             f"--window-size={width},{height}"],
+            pass_fds=(to_browser[0], from_browser[1]), stdin=subprocess.DEVNULL, stdout=self.stderr, stderr=self.stderr)
+        os.close(to_browser[0])
+        os.close(from_browser[1])
+        self.out, self.inp = to_browser[1], from_browser[0]
+        self.buffer = bytearray()
+        self.events: list[dict] = []
+        self.last_id = 0
+        self.timeout = timeout
+        try:
+            target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+            self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+            self.page("Page.enable")
+            self.page("Runtime.enable")
+            self.page("Emulation.setDeviceMetricsOverride",
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        except BaseException:
+            self.close()
+            raise
+
+    def _message(self, deadline: float) -> dict:
+        while b"\0" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.inp], [], [], left)[0]:
+                raise TimeoutError(f"no message from chromium in {self.timeout} s")
+            chunk = os.read(self.inp, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"chromium closed its DevTools pipe (exit {self.proc.poll()})")
+            self.buffer += chunk
+        end = self.buffer.index(b"\0")
+        raw = bytes(self.buffer[:end])
+        del self.buffer[:end + 1]
+        return json.loads(raw)
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        """Send one command and wait for its reply (the events that come first are kept in ``events``)."""
+        self.last_id += 1
+        message = {"id": self.last_id, "method": method, "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        data = json.dumps(message).encode() + b"\0"
+        while data:
+            data = data[os.write(self.out, data):]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._message(deadline)
+            if reply.get("id") == self.last_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply["result"]
+            self.events.append(reply)
+
+    def page(self, method: str, params: dict | None = None) -> dict:
+        return self.call(method, params, self.session)
+
+    def wait_event(self, method: str) -> dict:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            for i, event in enumerate(self.events):
+                if event.get("method") == method:
+                    return self.events.pop(i)
+            self.events.append(self._message(deadline))
+
+    def open(self, url: str) -> None:
+        """Load ``url`` and wait for its load event (the page's inline scripts have run)."""
+        self.events = [e for e in self.events if e.get("method") != "Page.loadEventFired"]
+        self.page("Page.navigate", {"url": url})
+        self.wait_event("Page.loadEventFired")
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (a promise is awaited)."""
+        result = self.page("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True})
+        if "exceptionDetails" in result:
+            details = result["exceptionDetails"]
+            raise AssertionError(f"in the page: {details.get('exception', {}).get('description') or details['text']}")
+        return result["result"].get("value")
+
+    def exceptions(self) -> list[str]:
+        """The uncaught exceptions the page has thrown so far."""
+        return [e["params"]["exceptionDetails"].get("exception", {}).get("description", e["params"]["exceptionDetails"]["text"])
+                for e in self.events if e.get("method") == "Runtime.exceptionThrown"]
+
+    def screenshot(self) -> bytes:
+        """A PNG of the page's viewport."""
+        return base64.b64decode(self.page("Page.captureScreenshot", {"format": "png"})["data"])
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.call("Browser.close")
+        except (OSError, RuntimeError, TimeoutError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self.out, self.inp):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.stderr.close()
+
+    def __enter__(self) -> Chromium:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def chromium_or_skip() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("needs a headless browser: Debian's chromium (as root: apt-get install -y chromium; .ci/run does)")
+    return exe
+
+
+# Every figure the report of TARGETS holds: (category, subcategory, label, the caption's opening as rendered)
+REPORT_FIGURES = {
+    "results/toy/train_curve.png": ("Training", "toy", "training curve", "Training curve of wsss train on toy"),
+    "results/toy_val_iou.png": ("Evaluation", "toy val", "per-class IoU", "Per-class IoU of WS-FCN on toy val"),
+    "results/toy_val_gallery.png": ("Evaluation", "toy val", "examples", "Examples from toy val."),
+    "results/toy_val_iou_stage2.png": ("Second stage", "toy val", "per-class IoU",
+                                       "Per-class IoU of the second stage (the network wsss retrain trained on the "
+                                       "pseudo-masks) on toy val"),
+    "results/toy_val_gallery_stage2.png": ("Second stage", "toy val", "examples",
+                                           "Examples from toy val, second stage"),
+    "results/toy_train_aug_pseudo_iou.png": ("Second stage", "toy train_aug pseudo-masks", "per-class IoU",
+                                             "Per-class IoU of the pseudo-masks of toy train_aug"),
+}
+
+# Opens a figure as a reader does: its category, then its subcategory where the category has several,
+# then the view button of its row, and waits for the image to be decoded; then the row's info button,
+# and waits for the caption ("Description"). Returns what the page shows.
+SHOW_FIGURE_JS = """
+(async (category, subcategory, label) => {
+    const sleep = ms => new Promise(done => setTimeout(done, ms));
+    const until = async (what, find) => {
+        for (let i = 0; i < 200; i++) { const found = find(); if (found) return found; await sleep(50); }
+        throw new Error("not shown: " + what);
+    };
+    const nav = () => document.querySelector("nav");
+    const click = async text => (await until("the link " + text,
+        () => [...nav().querySelectorAll("a")].find(a => a.textContent.trim() === text))).click();
+    await click(category);
+    if (Object.keys(categories[category]).length > 1) await click(subcategory);
+    const rows = () => [...nav().querySelectorAll("tbody tr")];
+    const row = await until("the row " + label, () => rows().find(tr => tr.cells[0].textContent.trim() === label));
+    const [view, info] = row.querySelectorAll("a");
+    view.click();
+    const img = await until("the figure, decoded", () => [...document.querySelectorAll("img")].find(
+        i => !i.closest("nav") && i.complete && i.naturalWidth > 0));
+    const box = img.getBoundingClientRect();
+    const shown = {src: img.src, width: img.naturalWidth, height: img.naturalHeight, drawn: [box.width, box.height],
+                   rows: rows().map(tr => tr.cells[0].textContent.trim())};
+    info.click();
+    await until("the caption", () => nav().textContent.includes("Description"));
+    shown.info = nav().innerText;
+    return shown;
+})
+"""
+
+
+@pytest.mark.slow
+def test_snakemake_report_shows_every_figure_in_a_browser(snakemake_run, tmp_path):
+    """`snakemake --report` on the finished run, opened in headless Chromium and clicked through: the
+    workflow description on the landing page; every figure under its category and subcategory, shown
+    as the very bytes of its PNG, decoded by the browser at the file's size, with its caption rendered
+    for its wildcards; no script error. The last view (the gallery of the second stage) is saved as
+    ``report.png`` beside the report."""
+    from PIL import Image
+
+    exe = chromium_or_skip()
+    report = tmp_path / "report.html"
+    sh([str(BIN / "snakemake"), "--cores", "1", "--report", str(report), *TARGETS], snakemake_run)
+    with Chromium(exe, tmp_path / "profile") as browser:
+        browser.open(report.as_uri())
+        title = browser.evaluate("""(async () => {
+            for (let i = 0; i < 200 && !document.querySelector(".prose h1"); i++) await new Promise(r => setTimeout(r, 50));
+            return document.querySelector(".prose h1") && document.querySelector(".prose").innerText;
+        })()""")
+        assert title and title.startswith("wsss: weakly-supervised semantic segmentation"), title
+        assert "Evaluation: per-class IoU with the confusion matrix" in " ".join(title.split())
+        shown_categories = browser.evaluate("categories")
+        expected = {}
+        for path, (category, subcategory, _, _) in REPORT_FIGURES.items():
+            expected.setdefault(category, {}).setdefault(subcategory, []).append(path)
+        assert {c: {s: sorted(p) for s, p in subs.items()} for c, subs in shown_categories.items()} == \
+            {c: {s: sorted(p) for s, p in subs.items()} for c, subs in expected.items()}
+        for path, (category, subcategory, label, caption) in REPORT_FIGURES.items():
+            browser.open(report.as_uri())
+            shown = browser.evaluate(f"{SHOW_FIGURE_JS}({json.dumps(category)}, {json.dumps(subcategory)}, {json.dumps(label)})")
+            assert sorted(shown["rows"]) == sorted(REPORT_FIGURES[p][2] for p in expected[category][subcategory]), path
+            head, payload = shown["src"].split(",", 1)
+            assert head.startswith("data:image/png") and head.endswith(";base64"), (path, head)
+            png = snakemake_run / path
+            assert base64.b64decode(payload) == png.read_bytes(), path
+            with Image.open(png) as image:
+                assert (shown["width"], shown["height"]) == image.size, path
+            assert min(shown["drawn"]) > 0, path
+            info = " ".join(shown["info"].split())
+            assert caption in info, (path, info)
+            assert not any(raw in info for raw in ("{{", "{%", "``", "**")), (path, info)  # Jinja and reST rendered
+        (tmp_path / "report.png").write_bytes(browser.screenshot())
+        assert browser.exceptions() == []
+
+
+@pytest.mark.slow
+def test_dvc_plots_show_has_the_same_figures(snakemake_run, tmp_path):
+    """`dvc plots show` on the finished run: each figure of the report as an image plot with the file's
+    bytes, and the training log and the per-class table as data plots."""
+    out = tmp_path / "plots"
+    shown = json.loads(sh([str(BIN / "dvc"), "plots", "show", "--json", "-o", str(out)], snakemake_run).stdout)
+    for path in REPORT_FIGURES:
+        (entry,) = shown["data"][path]
+        assert entry["type"] == "image" and entry["revisions"] == ["workspace"], (path, entry)
+        assert Path(entry["url"]).read_bytes() == (snakemake_run / path).read_bytes(), path
+    for path in ("results/toy/train_log.tsv", "results/toy_val_miou.csv"):
+        (entry,) = shown["data"][path]
+        assert entry["type"] == "vega" and entry["content"]["data"]["values"], path

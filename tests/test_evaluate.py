@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from wsss import config
@@ -103,8 +104,15 @@ def test_scores_do_not_warn_on_empty_classes():
             scores(np.array([[5, 0], [0, 0]]), absent=absent)
 
 
+def _images(data: Path, names, shape) -> None:
+    """A JPEG of ``shape`` (H, W) per name, as the gallery figure reads them."""
+    (data / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.fromarray(np.full((*shape, 3), 40 * i % 256, dtype=np.uint8)).save(data / "JPEGImages" / f"{name}.jpg")
+
+
 def _tree(root: Path, names, n, rng):
-    """Ground truth and two mask sets, each folder recording the configuration it was made with."""
+    """Images, ground truth and two mask sets, each folder recording the configuration it was made with."""
     cfg = config.load([REPO / "params.yaml"])
     (root / "data" / "toy" / "SegmentationClass").mkdir(parents=True)
     (root / "data" / "toy" / "prepared.json").write_text(json.dumps({"data": cfg["data"]}))
@@ -120,6 +128,7 @@ def _tree(root: Path, names, n, rng):
         save_mask(pred, root / "results" / "toy" / "val" / "infer" / "masks" / f"{name}.png")
         save_mask(gt.clip(0, n - 1), root / "results" / "toy" / "val" / "crf" / "masks" / f"{name}.png")
         pairs[name] = (gt, pred)
+    _images(root / "data" / "toy", names, (40, 50))
     return pairs
 
 
@@ -138,6 +147,43 @@ def test_evaluate_stage_writes_table_metrics_and_figure(tmp_path, monkeypatch):
     assert list(table["class"])[-1] == "mean" and len(table) == n + 1
     assert table["iou"].iloc[-1] == pytest.approx(expected["miou"], abs=1e-6)
     assert (tmp_path / "results" / "toy_val_iou.png").stat().st_size > 1000
+
+
+def test_gallery_names_are_evenly_spaced_through_the_split():
+    names = [f"img{i:02d}" for i in range(20)]
+    picked = evaluate.gallery_names(names, 8)
+    # positions round(k * 19 / 7), k = 0..7: the first and the last, in the list's order
+    assert picked == ["img00", "img03", "img05", "img08", "img11", "img14", "img16", "img19"]
+    assert evaluate.gallery_names(names[:9], 8) == [f"img{i:02d}" for i in (0, 1, 2, 3, 5, 6, 7, 8)]
+    assert evaluate.gallery_names(names[:5], 8) == names[:5]  # fewer images than rows: every one
+    assert evaluate.gallery_names(names) == evaluate.gallery_names(names, evaluate.GALLERY_IMAGES)
+
+
+def test_evaluate_gallery_draws_the_chosen_images_beside_their_masks(tmp_path, monkeypatch):
+    """The gallery's rows are the chosen images of the split, each with its ground truth and both
+    predictions as read from their files; the figure is a PNG with a row per image."""
+    from wsss import figures
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load([REPO / "params.yaml"])
+    n = config.num_classes(cfg)
+    names = [f"img{i}" for i in range(11)]
+    pairs = _tree(tmp_path, names, n, np.random.default_rng(2))
+    drawn = []
+    real = figures.gallery_figure
+    monkeypatch.setattr(evaluate, "gallery_figure", lambda rows, columns, *a, **k: (drawn.append((rows, columns)),
+                                                                                    real(rows, columns, *a, **k))[1])
+    evaluate.run(cfg, SimpleNamespace(results="results", stage2=False, pseudo=False))
+    ((rows, columns),) = drawn
+    assert columns == ["image", "ground truth", "prediction", "prediction + CRF"]
+    assert [name for name, _ in rows] == evaluate.gallery_names(names) and len(rows) == evaluate.GALLERY_IMAGES
+    for name, (image, gt, raw, crf) in rows:
+        assert image.shape == (40, 50, 3) and image.dtype == np.uint8
+        np.testing.assert_array_equal(gt, pairs[name][0])
+        np.testing.assert_array_equal(raw, pairs[name][1])
+        np.testing.assert_array_equal(crf, pairs[name][0].clip(0, n - 1))
+    with Image.open(tmp_path / "results" / "toy_val_gallery.png") as png:
+        assert png.format == "PNG" and png.height > png.width  # eight rows of four panels
 
 
 def test_evaluate_names_a_missing_prediction(tmp_path, monkeypatch):
@@ -298,6 +344,7 @@ def _hand_tree(root: Path, cfg: dict, class_names=None) -> None:
     (data / "prepared.json").write_text(json.dumps(manifest))
     (data / "ImageSets" / "Segmentation").mkdir(parents=True)
     (data / "ImageSets" / "Segmentation" / "val.txt").write_text("a\nb\n")
+    _images(data, HAND["gt"], (2, 4))
     for sub in ("infer", "crf"):
         _masks(root / "out" / "toy" / "val" / sub / "masks", HAND[sub])
         (root / "out" / "toy" / "val" / sub / "config.yaml").write_text(yaml.safe_dump(cfg))

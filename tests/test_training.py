@@ -20,7 +20,7 @@ from wsss.utils.cores import available_cores
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["presets.toy.train.batch_size=8", "presets.toy.train.crop_size=48", "train.workers=0", "train.log_every=2",
-         "data.toy.n_train=48", "data.toy.n_val=24", "data.toy.min_size=64", "data.toy.max_size=80", "data.toy.clutter=0.5"]
+         "data.toy.n_train=48", "data.toy.n_val=24", "data.toy.n_test=0", "data.toy.min_size=64", "data.toy.max_size=80", "data.toy.clutter=0.5"]
 
 
 def wsss(stage: str, cwd: Path, data_root: Path, *overrides: str, wait: bool = True, extra: tuple[str, ...] = ()):

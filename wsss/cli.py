@@ -20,6 +20,8 @@ STAGES = {
     "evaluate": ("wsss.stages.evaluate", "confusion matrix, per-class IoU, mIoU and pixel accuracy, raw and CRF"),
     "predict": ("wsss.stages.predict", "segment a folder of your own images with a trained checkpoint: masks, overlays "
                                        "and optionally the probabilities (multi-scale + flip, CRF)"),
+    "submit": ("wsss.stages.submit", "the VOC evaluation server's archive: the test images' CRF masks as "
+                                     "results/VOC2012/Segmentation/comp6_test_cls/*.png in results/<dataset>_test_submission.tar.gz"),
     "pseudo": ("wsss.stages.pseudo", "pseudo-masks of the training split (multi-scale + flip, image-level labels, CRF) "
                                      "for a second, fully supervised stage; `wsss evaluate --pseudo` scores them"),
     "retrain": ("wsss.stages.retrain", "the second stage: torchvision's DeepLabV3 trained on the pseudo-masks"),
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--on-error", choices=("stop", "skip"), default="stop",
                            help="a file that is not a readable image: stop naming it (default; what was done stays and "
                                 "a re-run continues), or skip it, list it in OUT/skipped.tsv and go on")
-        if name in ("infer", "pseudo", "predict"):
+        if name in ("infer", "pseudo", "predict", "submit"):
             p.add_argument("--checkpoint", default=None, metavar="PATH",
                            help="the model to run (default: <results>/<dataset>/train.pt, with --stage2 retrain.pt); "
                                 "e.g. a `wsss supervise` checkpoint")

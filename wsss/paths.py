@@ -78,6 +78,16 @@ class StagePaths:
         return self.results / f"{self.dataset}_{self.split}_iou{self._suffix}.png"
 
     @property
+    def gallery_figure(self) -> Path:
+        """Validation images beside their ground truth and predictions (``wsss.stages.evaluate.GALLERY_IMAGES``)."""
+        return self.results / f"{self.dataset}_{self.split}_gallery{self._suffix}.png"
+
+    @property
+    def submission(self) -> Path:
+        """The VOC evaluation server's archive of the test masks (``wsss submit``)."""
+        return self.results / f"{self.dataset}_test_submission.tar.gz"
+
+    @property
     def pseudo(self) -> Path:
         """The training split's pseudo-masks (``wsss pseudo``)."""
         return self.run / self.train_split / "pseudo"

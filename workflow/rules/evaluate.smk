@@ -7,7 +7,10 @@ rule evaluate:
     output:
         table="results/{dataset}_{split}_miou.csv",
         metrics="results/metrics/{dataset}_{split}.json",
-        figure="results/{dataset}_{split}_iou.png",
+        figure=report("results/{dataset}_{split}_iou.png", caption="../report/iou.rst", category="Evaluation",
+                      subcategory="{dataset} {split}", labels={"figure": "per-class IoU"}),
+        gallery=report("results/{dataset}_{split}_gallery.png", caption="../report/gallery.rst", category="Evaluation",
+                       subcategory="{dataset} {split}", labels={"figure": "examples"}),
         config="results/{dataset}/{split}/evaluate.yaml",
     params:
         config=stage_params("evaluate"),
@@ -32,7 +35,10 @@ rule evaluate_stage2:
     output:
         table="results/{dataset}_{split}_miou_stage2.csv",
         metrics="results/metrics/{dataset}_{split}_stage2.json",
-        figure="results/{dataset}_{split}_iou_stage2.png",
+        figure=report("results/{dataset}_{split}_iou_stage2.png", caption="../report/iou.rst", category="Second stage",
+                      subcategory="{dataset} {split}", labels={"figure": "per-class IoU"}),
+        gallery=report("results/{dataset}_{split}_gallery_stage2.png", caption="../report/gallery.rst",
+                       category="Second stage", subcategory="{dataset} {split}", labels={"figure": "examples"}),
         config="results/{dataset}/stage2/{split}/evaluate.yaml",
     params:
         config=stage_params("evaluate_stage2"),
@@ -60,7 +66,9 @@ rule evaluate_pseudo:
     output:
         table="results/{dataset}_{train_split}_pseudo_miou.csv",
         metrics="results/metrics/{dataset}_{train_split}_pseudo.json",
-        figure="results/{dataset}_{train_split}_pseudo_iou.png",
+        figure=report("results/{dataset}_{train_split}_pseudo_iou.png", caption="../report/iou.rst",
+                      category="Second stage", subcategory="{dataset} {train_split} pseudo-masks",
+                      labels={"figure": "per-class IoU"}),
         config="results/{dataset}/{train_split}/evaluate_pseudo.yaml",
     params:
         config=stage_params("evaluate_pseudo"),

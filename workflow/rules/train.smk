@@ -8,7 +8,8 @@ rule train:
         config="results/{dataset}/train.yaml",
         curve="results/{dataset}/train_log.tsv",
         validation="results/{dataset}/train_val.tsv",
-        figure="results/{dataset}/train_curve.png",
+        figure=report("results/{dataset}/train_curve.png", caption="../report/train_curve.rst", category="Training",
+                      subcategory="{dataset}", labels={"figure": "training curve"}),
     params:
         config=stage_params("train"),
     log:

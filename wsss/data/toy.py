@@ -29,8 +29,8 @@ from wsss.errors import WsssError
 
 JPEG_QUALITY = 90
 OBJECT_SCALE = (0.25, 0.6)  # object size as a fraction of the shorter image side
-SPLITS = ("train", "val")
-TOY_KEYS = ("seed", "num_classes", "n_train", "n_val", "min_size", "max_size", "max_objects",
+SPLITS = ("train", "val", "test")  # test: images without masks, for the test-server archive (`wsss submit`)
+TOY_KEYS = ("seed", "num_classes", "n_train", "n_val", "n_test", "min_size", "max_size", "max_objects",
             "part_contrast", "part_fraction", "context_prob", "occlusion", "clutter", "ignore_width")
 
 # Canonical outlines in [-1, 1]^2; the part (head) sits at the +x end.
@@ -366,7 +366,7 @@ def generate(toy_cfg: dict, out_dir: Path, progress: bool = True) -> dict:
     images, masks, sets = out_dir / "JPEGImages", out_dir / "SegmentationClass", out_dir / "ImageSets" / "Segmentation"
     for folder in (images, masks, sets):
         folder.mkdir(parents=True, exist_ok=True)
-    counts = {"train": int(toy_cfg["n_train"]), "val": int(toy_cfg["n_val"])}
+    counts = {"train": int(toy_cfg["n_train"]), "val": int(toy_cfg["n_val"]), "test": int(toy_cfg["n_test"])}
     bar = tqdm(total=sum(counts.values()), desc="toy dataset", unit="img", disable=not progress)
     lists: dict[str, list[str]] = {}
     for split, count in counts.items():
@@ -375,19 +375,21 @@ def generate(toy_cfg: dict, out_dir: Path, progress: bool = True) -> dict:
             name = image_name(split, index)
             image, mask = render_image(toy_cfg, split, index)
             Image.fromarray(image).save(images / f"{name}.jpg", format="JPEG", quality=JPEG_QUALITY)
-            save_mask(mask, masks / f"{name}.png")
+            if split != "test":  # as VOC's test images, the test split comes without masks
+                save_mask(mask, masks / f"{name}.png")
             names.append(name)
             bar.update()
         lists[split] = names
     bar.close()
     lists["train_aug"] = lists["train"]
-    for split in ("train", "train_aug", "val"):
+    splits = ("train", "train_aug", "val", "test") if lists["test"] else ("train", "train_aug", "val")
+    for split in splits:
         (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in lists[split]))
     n = int(toy_cfg["num_classes"])
     return {
         "num_classes": n + 1,
         "class_names": class_names(n),
-        "splits": {split: len(lists[split]) for split in ("train", "train_aug", "val")},
+        "splits": {split: len(lists[split]) for split in splits},
     }
 
 

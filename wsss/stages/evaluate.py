@@ -2,8 +2,9 @@
 
 Writes ``results/<dataset>_<split>_miou.csv`` (one row per class and a ``mean`` row; IoU, precision
 and recall, raw and with CRF), ``results/metrics/<dataset>_<split>.json`` (the DVC metrics),
-``results/<dataset>_<split>_iou.png`` (per-class IoU and the confusion matrix) and the resolved
-configuration next to them.
+``results/<dataset>_<split>_iou.png`` (per-class IoU and the confusion matrix),
+``results/<dataset>_<split>_gallery.png`` (``GALLERY_IMAGES`` images of the split beside their ground
+truth and both predictions; not for ``--pseudo``) and the resolved configuration next to them.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import numpy as np
 import pandas as pd
 
 from wsss import config as params, provenance
-from wsss.data.dataset import read_split, split_path
+from wsss.data.dataset import read_image, read_split, split_path
 from wsss.data.palette import load_mask
 from wsss.errors import WsssError
-from wsss.figures import iou_figure
+from wsss.figures import gallery_figure, iou_figure
 from wsss.metrics import confusion, scores
 from wsss.paths import for_config
 from wsss.utils.atomic import atomic_path, write_json, write_yaml
+
+GALLERY_IMAGES = 8  # rows of the gallery figure: images evenly spaced through the evaluated split's list
 
 
 def accumulate(names: list[str], gt_dir: Path, pred_dirs: list[Path], num_classes: int, ignore_index: int) -> list[np.ndarray]:
@@ -70,6 +73,26 @@ def table(names: list[str], raw: dict, crf: dict) -> pd.DataFrame:
     return pd.concat([df, pd.DataFrame([mean])], ignore_index=True)
 
 
+def gallery_names(names: list[str], count: int = GALLERY_IMAGES) -> list[str]:
+    """``count`` names evenly spaced through ``names``, the first and the last included (all of them when
+    there are no more): the same images for every run on the same split list."""
+    if len(names) <= count:
+        return list(names)
+    return [names[i] for i in np.linspace(0, len(names) - 1, count).round().astype(int)]
+
+
+def gallery(cfg: dict, data_dir: Path, names: list[str], pred_dirs: list[Path], title: str, path: Path) -> None:
+    """The gallery figure: the images ``gallery_names(names)`` (``JPEGImages``), their ground truth
+    (``SegmentationClass``) and their masks in ``pred_dirs`` (without, with the CRF)."""
+    rows = []
+    for name in gallery_names(names):
+        image = np.asarray(read_image(data_dir / "JPEGImages" / f"{name}.jpg"))
+        masks = [load_mask(folder / f"{name}.png") for folder in (data_dir / "SegmentationClass", *pred_dirs)]
+        rows.append((name, [image, *masks]))
+    gallery_figure(rows, ["image", "ground truth", "prediction", "prediction + CRF"],
+                   class_names(data_dir, params.num_classes(cfg)), title, path, cfg["eval"]["ignore_index"])
+
+
 def pseudo_score_names(cfg: dict, data_dir: Path) -> list[str]:
     """The images of ``pseudo.score_split``, every one in the training split (else an error naming the key)."""
     split = cfg["pseudo"]["score_split"]
@@ -102,9 +125,12 @@ def run(cfg: dict, args) -> None:
             raise WsssError(f"{stage} output missing: {out_dir / 'masks'}; run `wsss {stage}{' --stage2' if args.stage2 else ''}` first")
         provenance.check_stage_dir(out_dir, cfg, stage + suffix)
     names = read_split(paths.data, cfg["data"]["eval_split"])
-    title = f"{cfg['data']['name']} {cfg['data']['eval_split']}: per-class IoU{' (second stage)' if args.stage2 else ''}"
-    score(cfg, paths.data, names, [paths.infer / "masks", paths.crf / "masks"], paths.miou_csv, paths.metrics_json,
-          paths.iou_figure, title)
+    what = f"{cfg['data']['name']} {cfg['data']['eval_split']}"
+    second = " (second stage)" if args.stage2 else ""
+    pred_dirs = [paths.infer / "masks", paths.crf / "masks"]
+    score(cfg, paths.data, names, pred_dirs, paths.miou_csv, paths.metrics_json, paths.iou_figure,
+          f"{what}: per-class IoU{second}")
+    gallery(cfg, paths.data, names, pred_dirs, f"{what}: examples{second}", paths.gallery_figure)
     write_yaml(paths.eval_config, cfg)
 
 
