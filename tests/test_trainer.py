@@ -231,7 +231,7 @@ def test_the_curve_file_is_tab_separated_with_plain_newlines(cfg, tmp_path, one_
     assert "\r" not in text and text.splitlines()[0] == "\t".join(trainer.LOG_COLUMNS) and text.endswith("\n")
 
 
-@pytest.mark.parametrize("plugin", [None, "rtc", "fbr"])
+@pytest.mark.parametrize("plugin", [None, "rtc", "fbr", "supportnet"])
 def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, monkeypatch, capsys, fake_clock,
                                                                  one_thread, plugin):
     # two epochs, the second with the segmentation term (and a plug-in's pseudo-label adjustment)
@@ -240,6 +240,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, 
         cfg["plugins"][plugin]["enabled"] = True
         cfg["plugins"]["rtc"]["view_size"] = 40
         cfg["plugins"]["fbr"].update(bank_size=96, bg_below=0.4, fg_above=0.6)  # the bank wraps around in epoch 1
+        cfg["plugins"]["supportnet"].update(momentum=0.9, mam_scales=[0.5, 1.0])  # the teacher moves visibly
     phase = trainer.Phase("pretrain", 0, 2)
     whole = for_config(cfg, tmp_path / "whole")
     trainer.run(cfg, phase, whole)
@@ -266,9 +267,14 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_rows(cfg, tmp_path, 
         assert set(expected["plugins"]) and set(resumed["plugins"]) == set(expected["plugins"])
         for name, tensor in expected["plugins"].items():
             assert torch.equal(resumed["plugins"][name], tensor), name
-        first_term = {"rtc": "equiv", "fbr": "decorrelate"}[plugin]
+        first_term = {"rtc": "equiv", "fbr": "decorrelate", "supportnet": "mam"}[plugin]
         assert all(r[f"{plugin}.{first_term}"] > 0 for r in resumed["log"])
         assert {r["epoch"] for r in resumed["log"] if r["seg"] > 0} == {1}
+        if plugin == "supportnet":  # the teacher is saved, restored, and has moved off its initial copy
+            teacher = {k[len("plugins.supportnet.teacher.module."):]: v for k, v in resumed["plugins"].items()
+                       if k.startswith("plugins.supportnet.teacher.module.")}
+            assert set(teacher) == set(resumed["model"])
+            assert any(not torch.equal(teacher[k], resumed["model"][k]) for k in teacher if teacher[k].is_floating_point())
     else:
         assert "plugins" not in resumed
 

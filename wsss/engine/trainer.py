@@ -276,6 +276,8 @@ def _run(cfg: dict, phase: Phase, paths: StagePaths, dev: torch.device, context:
             losses["total"].backward()
             distributed.average_gradients([*model.parameters(), *plugins.parameters()], context)
             optimizer.step()
+            if plugins:
+                plugins.after_step(model)
             step += 1
             seen += images.shape[0] * context.world_size
             if step % t["log_every"] == 0:

@@ -12,8 +12,9 @@ from wsss.errors import WsssError
 from wsss.plugins.base import PluginSet, Step, TrainingPlugin
 from wsss.plugins.fbr import FBR
 from wsss.plugins.rtc import RTC
+from wsss.plugins.supportnet import SupportNet
 
-PLUGINS: dict[str, type[TrainingPlugin]] = {cls.name: cls for cls in (RTC, FBR)}
+PLUGINS: dict[str, type[TrainingPlugin]] = {cls.name: cls for cls in (RTC, FBR, SupportNet)}
 
 __all__ = ["PLUGINS", "PluginSet", "Step", "TrainingPlugin", "build_plugins", "check_plugins", "enabled_plugins"]
 

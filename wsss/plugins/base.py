@@ -9,11 +9,14 @@ and loss registry. Per training step a plug-in may:
 - **adjust the pseudo-labels** of the crop (``adjust_pseudo``: e.g. RTC's two background thresholds);
 - return **named loss terms** (``losses``), each with its weight; every term is a column
   ``<plugin>.<term>`` of the training curve (the unweighted value), and the weighted sum is added
-  to the network's loss.
+  to the network's loss;
+- act **after the optimiser step** (``after_step``, given the trained network: e.g. update an EMA
+  teacher, ``wsss.plugins.teacher``).
 
 Across steps a plug-in is an ``nn.Module``: its sub-modules are **trainable heads** (the optimiser
 puts their parameters with the new layers, with the new-layer LR multipliers and weight decay),
-its registered buffers are **state** (a memory bank, a queue, a running statistic). Both are saved
+its registered buffers are **state** (a memory bank, a queue, a running statistic); a sub-module
+whose parameters do not require gradients (an EMA teacher) is state too. All are saved
 with every checkpoint and restored on resume; draws from torch's global generator are restored
 with it.
 
@@ -90,6 +93,9 @@ class TrainingPlugin(nn.Module):
         """Loss terms: term name (one of ``terms``) -> (scalar tensor, weight)."""
         raise NotImplementedError
 
+    def after_step(self, network: nn.Module) -> None:
+        """Called after every optimiser step with the trained network (its updated weights). Nothing by default."""
+
 
 class PluginSet(nn.Module):
     """The plug-ins a configuration switches on, in ``plugins`` order; empty when none is."""
@@ -131,6 +137,10 @@ class PluginSet(nn.Module):
                 value, weight = got[term]
                 terms[f"{plugin.name}.{term}"] = (value, float(weight))
         return terms
+
+    def after_step(self, network: nn.Module) -> None:
+        for plugin in self.plugins.values():
+            plugin.after_step(network)
 
     @staticmethod
     def total(terms: dict[str, tuple[Tensor, float]]) -> Tensor | float:
