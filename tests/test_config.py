@@ -290,7 +290,7 @@ def test_validate_names_missing_sections_at_the_top_level():
 
 def test_enum_errors_list_the_allowed_values():
     with pytest.raises(ParamsError, match=exactly(
-            f"{PARAMS}: key 'model.backbone': 'vgg' is not allowed (allowed: wr38, resnet50, resnet101, small)")):
+            f"{PARAMS}: key 'model.backbone': 'vgg' is not allowed (allowed: wr38, resnet50, resnet101, small, vit_toy, vit_b16, vit_hybrid)")):
         config.load([PARAMS], ["model.backbone=vgg"])
     with pytest.raises(ParamsError, match=exactly(
             f"{PARAMS} (presets.voc): key 'eval.absent_class': 'none' is not allowed (allowed: zero, nan, one)")):

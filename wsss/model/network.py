@@ -17,6 +17,7 @@ from torch import nn
 
 from wsss.config import num_classes
 from wsss.errors import WsssError
+from wsss.model.backbones.vit import ViT
 from wsss.model.backbones import Backbone, build_backbone
 from wsss.model.context import build_context, context_name
 from wsss.model.fusion import build_fusion, fusion_name
@@ -109,6 +110,9 @@ def build_model(cfg: dict, load_weights: bool = True) -> _Network:
     model_cfg = cfg["model"]
     classes = num_classes(cfg)
     backbone = build_backbone(model_cfg)
+    if isinstance(backbone, ViT) and cfg["train"]["crop_size"] % backbone.output_stride:
+        raise WsssError(f"key 'train.crop_size': {cfg['train']['crop_size']} is not a multiple of the "
+                        f"{model_cfg['backbone']} backbone's patch stride {backbone.output_stride}")
     method = model_cfg["method"]
     if method == "single_stage":
         width = model_cfg["head_channels"]

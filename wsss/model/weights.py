@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 # The WR38 ImageNet weights published with the SSSS code (converted from MXNet, 402 MB).
 WR38_WEIGHTS_FILE = "ilsvrc-cls_rna-a1_cls1000_ep-0001.pth"
 # Classifier-only keys of the various weights files: never part of a backbone.
-CLASSIFIER_PREFIXES = ("fc8.", "linear1000.", "fc.")
+CLASSIFIER_PREFIXES = ("fc8.", "linear1000.", "fc.", "head.")
 # A whole network's state dict (a wsss checkpoint) names its backbone's entries with this prefix.
 BACKBONE_PREFIX = "backbone."
 _SKIPPED_BUFFERS = ("num_batches_tracked",)
@@ -68,6 +68,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, allow_partial: 
     Returns ``{"loaded": [...], "missing": [...], "unexpected": [...], "mismatched": [...]}``.
     """
     state = read_state_dict(path, key)
+    prefix = getattr(backbone, "weights_prefix", "")  # a ViT: timm's names sit under its ``vit`` module
+    if prefix and not any(k.startswith(prefix) for k in state):
+        state = {prefix + k: v for k, v in state.items()}
     own = backbone.state_dict()
     missing = sorted(k for k in own if k not in state and not k.endswith(_SKIPPED_BUFFERS))
     unexpected = sorted(k for k in state if k not in own)

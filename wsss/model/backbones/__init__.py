@@ -8,6 +8,7 @@ from wsss.errors import WsssError
 from wsss.model.backbones.base import Backbone
 from wsss.model.backbones.resnet import ResNet
 from wsss.model.backbones.small import SmallNet
+from wsss.model.backbones.vit import VARIANTS as VIT_VARIANTS, ViT
 from wsss.model.backbones.wr38 import WR38
 
 BACKBONES: dict[str, Callable[[], Backbone]] = {
@@ -15,6 +16,7 @@ BACKBONES: dict[str, Callable[[], Backbone]] = {
     "resnet50": lambda: ResNet("resnet50"),
     "resnet101": lambda: ResNet("resnet101"),
     "small": SmallNet,
+    **{name: (lambda name=name: ViT(name)) for name in VIT_VARIANTS},
 }
 
 
