@@ -267,8 +267,8 @@ def test_an_unknown_key_in_the_selected_preset_is_named(tmp_path):
         tree["presets"]["toy"]["infer"]["pad"] = 3
     path = write_params(tmp_path, edit)
     with pytest.raises(ParamsError, match=exactly(
-            f"{path}: unknown key 'infer.pad' (allowed in 'infer': amp, background, bg_const, bg_power, "
-            "channels_last, chunk, device, flip, fp_cut, pad_size, presence, scales)")):
+            f"{path}: unknown key 'infer.pad' (allowed in 'infer': acr_affinity, acr_blocks, amp, background, bg_const, "
+            "bg_power, channels_last, chunk, device, flip, fp_cut, localisation, pad_size, presence, scales)")):
         config.load([path])
 
 

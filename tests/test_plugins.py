@@ -546,7 +546,7 @@ def test_an_unknown_plugin_key_is_refused_naming_it(tmp_path):
 
 def test_a_section_without_a_registered_plugin_is_refused(cfg):
     cfg["plugins"]["foo"] = {"enabled": True}  # e.g. a schema section added, the registry line forgotten
-    with pytest.raises(WsssError, match=r"^key 'plugins.foo': no such plug-in \(known: fbr, rtc, supportnet\)$"):
+    with pytest.raises(WsssError, match=r"^key 'plugins.foo': no such plug-in \(known: acr, fbr, flip_affinity, rtc, supportnet\)$"):
         check_plugins(cfg)
     cfg["plugins"]["foo"]["enabled"] = False
     assert check_plugins(cfg) == []

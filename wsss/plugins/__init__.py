@@ -9,12 +9,14 @@ See docs/plugins.md.
 from __future__ import annotations
 
 from wsss.errors import WsssError
+from wsss.plugins.acr import ACR
 from wsss.plugins.base import PluginSet, Step, TrainingPlugin
 from wsss.plugins.fbr import FBR
+from wsss.plugins.flip_affinity import FlipAffinity
 from wsss.plugins.rtc import RTC
 from wsss.plugins.supportnet import SupportNet
 
-PLUGINS: dict[str, type[TrainingPlugin]] = {cls.name: cls for cls in (RTC, FBR, SupportNet)}
+PLUGINS: dict[str, type[TrainingPlugin]] = {cls.name: cls for cls in (RTC, FBR, SupportNet, ACR, FlipAffinity)}
 
 __all__ = ["PLUGINS", "PluginSet", "Step", "TrainingPlugin", "build_plugins", "check_plugins", "enabled_plugins"]
 

@@ -214,6 +214,17 @@ def load_segmenter(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.M
     return model.to(dev).eval(), describe_checkpoint(path, state)
 
 
+def for_inference(model: torch.nn.Module, cfg: dict) -> torch.nn.Module:
+    """The module whose ``masks`` inference averages: the network (``infer.localisation: head``) or ACR's
+    localisation on it (``acr``, a ViT backbone; ``wsss.model.acr_cam``)."""
+    icfg = cfg["infer"]
+    if icfg["localisation"] == "acr":
+        from wsss.model.acr_cam import ACRLocaliser
+
+        return ACRLocaliser(model, icfg["acr_blocks"], icfg["acr_affinity"])
+    return model
+
+
 def run(cfg: dict, args) -> None:
     """The `infer` CLI: the whole split, one shard of it (``--shard I/N``), or the shards gathered
     (``--gather N``; `wsss.stages.shards`)."""
@@ -233,6 +244,8 @@ def run(cfg: dict, args) -> None:
     model, source = (load_segmenter if stage2 else load_model)(cfg, dev, model_path)
     if icfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    if not stage2:
+        model = for_inference(model, cfg)
     with atomic_path(target, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "probs").mkdir()

@@ -37,7 +37,7 @@ from wsss.engine import device as devices
 from wsss.errors import WsssError
 from wsss.paths import for_config
 from wsss.stages.crf import refine
-from wsss.stages.infer import combine, file_sha256, load_model, predict, view_size
+from wsss.stages.infer import combine, file_sha256, for_inference, load_model, predict, view_size
 from wsss.utils.atomic import atomic_path, write_yaml
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -149,6 +149,7 @@ def run(cfg: dict, args) -> None:
     model, _ = load_model(cfg, dev, model_path)
     if cfg["infer"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
+    model = for_inference(model, cfg)
     for sub in ("masks", "overlays") + (("probs",) if args.probs else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     write_yaml(out / "predict.yaml", wanted)

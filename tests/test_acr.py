@@ -1,0 +1,139 @@
+"""ACR (wsss.plugins.acr), its localisation (wsss.model.acr_cam) and the CNN analogue
+(wsss.plugins.flip_affinity), on hand-sized tensors, a flip-equivariant toy block and the toy ViT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsss import config
+from wsss.errors import WsssError
+from wsss.model.acr_cam import ACRLocaliser, localise
+from wsss.model.network import build_model
+from wsss.plugins import PluginSet, Step, build_plugins, check_plugins
+from wsss.plugins.acr import acr_terms, unflip_attention, unflip_order
+from wsss.plugins.flip_affinity import affinity
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_unflip_order_maps_each_token_to_its_mirror_and_keeps_the_class_token():
+    # a 2 x 3 grid: tokens 1..6 row-major; the mirror of column j is 2 - j
+    assert unflip_order(2, 3).tolist() == [0, 3, 2, 1, 6, 5, 4]
+    order = unflip_order(3, 4)
+    assert torch.equal(order[order], torch.arange(13))  # its own inverse
+
+
+def toy_attention(tokens: torch.Tensor) -> torch.Tensor:
+    """A flip-equivariant toy block: softmax of the dot products of the tokens (B, N, D) -> (B, 1, N, N)."""
+    return torch.softmax(tokens @ tokens.transpose(1, 2), -1)[:, None]
+
+
+def test_the_flipped_view_s_attention_unflipped_equals_the_original_s():
+    g = torch.Generator().manual_seed(0)
+    grid = torch.randn(2, 5, 3, 4, generator=g)  # (B, D, h, w) patch features
+    cls = torch.randn(2, 5, 1, generator=g)
+
+    def tokens(features):  # class token first, then the patches row-major
+        return torch.cat([cls, features.flatten(2)], 2).transpose(1, 2)
+
+    original = toy_attention(tokens(grid))
+    flipped = toy_attention(tokens(grid.flip(-1)))
+    assert not torch.allclose(flipped, original)
+    assert torch.allclose(unflip_attention(flipped, 3, 4), original, atol=1e-6)
+    cls_term, aff_term = acr_terms([original], [flipped], (3, 4))
+    assert cls_term.item() < 1e-6 and aff_term.item() < 1e-6
+
+
+def test_the_acr_terms_are_block_averaged_l1_of_the_head_averaged_attention():
+    a = torch.zeros(1, 2, 3, 3)
+    b = torch.zeros(1, 2, 3, 3)
+    a[0, 0, 0, 1] = 0.8  # head 0, class token -> patch 1; head average 0.4
+    b[0, 1, 1, 2] = 0.6  # flipped view, head 1, patch 1 -> patch 2 (a 1 x 2 grid: patch 2 is patch 1's mirror)
+    cls_term, aff_term = acr_terms([a, a], [b, torch.zeros_like(b)], (1, 2))
+    # class-token row: |0.4 - 0| and |0 - 0| over 2 patches -> 0.2 in both blocks
+    assert torch.isclose(cls_term, torch.tensor(0.2))
+    # affinity: block 0: b un-flipped has 0.3 at (patch 2 -> patch 1), mean over 4 entries 0.075; block 1: 0
+    assert torch.isclose(aff_term, torch.tensor(0.075 / 2))
+
+
+def test_localisation_is_the_positive_gradient_of_the_score_on_the_class_token_row():
+    attention = torch.tensor([[[[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]]], requires_grad=True)
+    # score = 2 * A[0, 1] - A[0, 2]: gradient +2 at patch 1, -1 at patch 2 (its positive part 0)
+    cls = (2 * attention[0, 0, 0, 1] - attention[0, 0, 0, 2]).reshape(1, 1)
+    maps = localise(cls, [attention], (1, 2), blocks=1, use_affinity=False)
+    assert torch.allclose(maps, torch.tensor([[[[1.0, 0.0]]]]), atol=1e-4)
+    # with the affinity (here: patch 2 attends to patch 1 only) the map spreads along it
+    affine = torch.tensor([[[[0.5, 0.25, 0.25], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]]], requires_grad=True)
+    cls = (2 * affine[0, 0, 0, 1] - affine[0, 0, 0, 2]).reshape(1, 1)
+    maps = localise(cls, [affine], (1, 2), blocks=1, use_affinity=True)
+    assert torch.allclose(maps, torch.tensor([[[[1.0, 1.0]]]]), atol=1e-4)
+
+
+@pytest.fixture
+def vit_cfg():
+    return config.load([REPO / "params.yaml"], ["model.backbone=vit_toy", "plugins.acr.enabled=true"])
+
+
+def test_acr_on_the_toy_vit_gives_finite_terms_with_gradients(vit_cfg, one_thread):
+    torch.manual_seed(0)
+    model = build_model(vit_cfg, load_weights=False)
+    plugins = build_plugins(vit_cfg, model)
+    images = torch.randn(2, 3, 32, 48)
+    views = plugins.extra_views(images, images)
+    assert torch.equal(views["flip"][0], images.flip(-1))
+    outputs = {"crop": model(images), "flip": model(views["flip"][0])}
+    labels = torch.tensor([[1.0] + [0.0] * 9, [0.0, 1.0] + [0.0] * 8])
+    terms = plugins.losses(Step(0, False, images, images, labels, outputs, views))
+    assert set(terms) == {"acr.cls_attention", "acr.affinity", "acr.cls_flip"}
+    assert [w for _, w in terms.values()] == [125.0, 125.0, 1.0]
+    assert all(torch.isfinite(v) and v > 0 for v, _ in terms.values())
+    PluginSet.total(terms).backward()
+    assert model.backbone.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_acr_on_a_cnn_is_refused_naming_the_key_and_the_analogue():
+    cfg = config.load([REPO / "params.yaml"], ["plugins.acr.enabled=true"])
+    with pytest.raises(WsssError, match=r"key 'plugins.acr.enabled': ACR needs a transformer's attention.*not 'small'.*flip_affinity"):
+        check_plugins(cfg)
+
+
+def test_the_localiser_gives_masks_of_the_network_s_size_from_the_attention(vit_cfg, one_thread):
+    torch.manual_seed(0)
+    model = build_model(vit_cfg, load_weights=False).eval()
+    localiser = ACRLocaliser(model, 2, True)
+    with torch.no_grad():  # as infer runs it
+        out = localiser(torch.randn(1, 3, 32, 40))
+        plain = model(torch.randn(1, 3, 32, 40))
+    assert out["masks"].shape == plain["masks"].shape and out["cls"].shape == plain["cls"].shape
+    fg = out["masks"][:, 1:]
+    assert torch.all(fg >= 0) and torch.all(fg <= 1 + 1e-5)
+    assert torch.allclose(out["masks"][:, 0], 1 - fg.amax(1))
+    cnn = build_model(config.load([REPO / "params.yaml"]), load_weights=False)
+    with pytest.raises(WsssError, match="key 'infer.localisation': acr needs a ViT backbone"):
+        ACRLocaliser(cnn, 2, True)
+    with pytest.raises(WsssError, match="key 'infer.acr_blocks': 7 blocks, the backbone has 6"):
+        ACRLocaliser(model, 7, True)
+
+
+def test_flip_affinity_is_zero_for_a_flip_equivariant_map_and_trains_on_a_cnn(one_thread):
+    features = torch.randn(1, 4, 3, 5)
+    symmetric = features + features.flip(-1)
+    assert torch.allclose(affinity(symmetric), affinity(symmetric.flip(-1).flip(-1)))
+    cfg = config.load([REPO / "params.yaml"], ["plugins.flip_affinity.enabled=true"])
+    torch.manual_seed(0)
+    model = build_model(cfg, load_weights=False)
+    plugins = build_plugins(cfg, model)
+    images = torch.randn(2, 3, 32, 32)
+    outputs = {"crop": model(images), "flip": model(images.flip(-1))}
+    labels = torch.zeros(2, 10)
+    labels[:, 3] = 1
+    terms = plugins.losses(Step(0, False, images, images, labels, outputs, plugins.extra_views(images, images)))
+    assert set(terms) == {"flip_affinity.affinity", "flip_affinity.cls_flip"}
+    mine = affinity(outputs["crop"]["features"]["deep"])
+    theirs = affinity(outputs["flip"]["features"]["deep"].flip(-1))
+    assert torch.allclose(terms["flip_affinity.affinity"][0], (mine - theirs).abs().mean())
+    assert F.relu(mine).equal(mine)
