@@ -96,3 +96,23 @@ def test_model_info_counts_the_paper_sizes():
     info = json.loads(proc.stdout)
     assert info["params_by_module_m"]["backbone"] == 85.8  # ViT-B/16 without its classifier: 85.80 M
     assert info["shapes"]["deep"] == [768, 6, 6]
+
+
+def test_the_weights_file_is_checked_against_its_sha256_before_loading(tmp_path, one_thread):
+    import hashlib
+
+    import timm
+
+    donor = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, patch_size=8, embed_dim=96,
+                              depth=6, num_heads=3, img_size=96)
+    path = tmp_path / "vit_toy.pth"
+    torch.save(donor.state_dict(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    base = ["model.backbone=vit_toy", "model.pretrained=true", f"model.weights={path}"]
+    model = build_model(config.load([REPO / "params.yaml"], [*base, f"model.weights_sha256={digest}"]))
+    assert torch.equal(model.backbone.vit.cls_token, donor.cls_token)
+    wrong = "0" * 64
+    with pytest.raises(WsssError, match=rf"key 'model.weights_sha256': {path} has SHA-256 {digest}, expected {wrong}"):
+        build_model(config.load([REPO / "params.yaml"], [*base, f"model.weights_sha256={wrong}"]))
+    with pytest.raises(config.ParamsError, match="key 'model.weights_sha256'"):
+        config.load([REPO / "params.yaml"], [*base, "model.weights_sha256=abc"])

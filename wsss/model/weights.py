@@ -99,6 +99,21 @@ def default_weights_path(cfg: dict) -> Path:
     return Path(cfg["data"]["downloads"]) / WR38_WEIGHTS_FILE
 
 
+def check_sha256(path: str | Path, expected: str | None) -> None:
+    """Refuse the weights file ``path`` unless its SHA-256 is ``expected`` (``model.weights_sha256``;
+    None: no check). WsssError naming the key, the file and both digests."""
+    if not expected:
+        return
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected.lower():
+        raise WsssError(f"key 'model.weights_sha256': {path} has SHA-256 {digest.hexdigest()}, expected {expected}")
+
+
 def load_pretrained(backbone: nn.Module, cfg: dict) -> None:
     """Load the ImageNet weights the configuration asks for into ``backbone``.
 
@@ -114,7 +129,9 @@ def load_pretrained(backbone: nn.Module, cfg: dict) -> None:
                             "set -S model.pretrained=true to load it, or -S model.weights=null")
         return
     allow_partial = model_cfg.get("allow_partial_weights", False)
+    expected = model_cfg.get("weights_sha256")
     if model_cfg.get("weights"):
+        check_sha256(model_cfg["weights"], expected)
         load_backbone_weights(backbone, model_cfg["weights"], allow_partial)
     elif name == "wr38":
         path = default_weights_path(cfg)
@@ -123,7 +140,11 @@ def load_pretrained(backbone: nn.Module, cfg: dict) -> None:
                 f"WR38 ImageNet weights not found at {path} (the download cache, key 'data.downloads'): "
                 f"put {WR38_WEIGHTS_FILE} there (the weights download fetches it there), or pass a local "
                 "copy with -S model.weights=PATH, or train from scratch with -S model.pretrained=false")
+        check_sha256(path, expected)
         load_backbone_weights(backbone, path, allow_partial)
+    elif expected:
+        raise WsssError(f"key 'model.weights_sha256' is set, but the {name} weights come from torchvision's hub cache, "
+                        "not a file: give the file with model.weights")
     elif name in ("resnet50", "resnet101"):
         load_torchvision_imagenet(backbone, name, "model")
     else:
