@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 NAMES = ["background", "heron", "kayak", "lantern", "teapot", "violin"]
 
 
-def user_folder(dest: Path, n_train: int = 40, n_val: int = 12) -> Path:
+def user_folder(dest: Path, n_train: int = 32, n_val: int = 8) -> Path:
     """A VOC-format tree of 5 foreground classes as a user would hand it over: train.txt and val.txt only."""
     from wsss.data.toy import generate
 
@@ -52,7 +52,7 @@ def data_cfg(source: Path, root: Path, classes=NAMES) -> dict:
 def test_prepare_takes_the_names_and_the_splits(folder, tmp_path):
     info = prepare_dataset(data_cfg(folder, tmp_path), tmp_path / "custom", progress=False)
     assert info["num_classes"] == 6 and info["class_names"] == NAMES
-    assert info["splits"] == {"train": 40, "train_aug": 40, "val": 12}
+    assert info["splits"] == {"train": 32, "train_aug": 32, "val": 8}
     out = tmp_path / "custom"
     assert (out / "ImageSets/Segmentation/train_aug.txt").read_text() == (folder / "ImageSets/Segmentation/train.txt").read_text()
     name = (folder / "ImageSets/Segmentation/val.txt").read_text().split()[0]
@@ -130,7 +130,7 @@ def check_run(run: Path) -> None:
     table = pd.read_csv(run / "results" / "custom_val_miou.csv")
     assert list(table["class"]) == [*NAMES, "mean"]
     metrics = json.loads((run / "results" / "metrics" / "custom_val.json").read_text())
-    assert metrics["images"] == 12 and 0.0 <= metrics["miou_crf"] <= 1.0
+    assert metrics["images"] == 8 and 0.0 <= metrics["miou_crf"] <= 1.0
     mask = np.asarray(Image.open(next((run / "results/custom/val/crf/masks").glob("*.png"))))
     assert mask.max() < len(NAMES)
     prepared = json.loads((run / "data" / "custom" / "prepared.json").read_text())

@@ -29,15 +29,14 @@ def check_run(run, acr: bool) -> None:
     assert metrics["images"] == 12 and 0.0 <= metrics["miou_crf"] <= 1.0
 
 
-def test_snakemake_runs_the_vit_then_acr(tmp_path):
+def test_snakemake_runs_the_vit_and_acr_re_runs_what_it_changes(tmp_path):
     run = make_copy(tmp_path / "snake")
     base = [str(BIN / "snakemake"), "--cores", "2", SINGLE, "--configfile", "workflow/overlays/vit_toy.yaml"]
     sh(base, run)
     check_run(run, acr=False)
-    out = sh([*base, "workflow/overlays/acr.yaml"], run)
-    ran = set(re.findall(r"^(?:local)?rule (\w+):", out.stdout + out.stderr, flags=re.M))
+    planned = sh([*base, "workflow/overlays/acr.yaml", "-n"], run)  # ACR's own run is the DVC test's
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", planned.stdout, flags=re.M))
     assert ran == {"pretrain", "train", "infer", "crf", "evaluate"}  # the same data: prepare stays
-    check_run(run, acr=True)
 
 
 def test_dvc_exp_run_trains_acr_on_the_vit(tmp_path):
