@@ -10,7 +10,8 @@ from wsss.errors import WsssError
 
 # subcommand -> (module, one-line help). Modules are imported only when their stage runs.
 STAGES = {
-    "prepare": ("wsss.stages.prepare", "generate the embedded dataset or download/verify/extract VOC 2012 + SBD"),
+    "prepare": ("wsss.stages.prepare", "generate the embedded dataset, download/verify/extract VOC 2012 + SBD or "
+                                       "MS COCO 2014, or verify and link your own VOC-format folder"),
     "pretrain": ("wsss.stages.pretrain", "classification-only epochs (the first part of the schedule)"),
     "train": ("wsss.stages.train", "single-stage self-supervised segmentation training, from the pretrain checkpoint"),
     "supervise": ("wsss.stages.supervise", "fully supervised upper bound: the same network and schedule, trained on "
@@ -72,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a file that is not a readable image: stop naming it (default; what was done stays and "
                                 "a re-run continues), or skip it, list it in OUT/skipped.tsv and go on")
         if name in ("infer", "pseudo", "predict", "submit"):
+            stage2 = ", with --stage2 retrain.pt" if name == "infer" else ""
             p.add_argument("--checkpoint", default=None, metavar="PATH",
-                           help="the model to run (default: <results>/<dataset>/train.pt, with --stage2 retrain.pt); "
+                           help=f"the model to run (default: <results>/<dataset>/train.pt{stage2}); "
                                 "e.g. a `wsss supervise` checkpoint")
         if name == "retrain":
             p.add_argument("--ground-truth", action="store_true",
