@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from wsss.data.dataset import verify_root
-from wsss.data.voc import link_or_copy, is_voc_root, read_list, write_lists
+from wsss.data.voc import is_voc_root, link_tree, read_list, write_lists
 from wsss.errors import WsssError
 
 LAYOUT = "JPEGImages/<name>.jpg, SegmentationClass/<name>.png and ImageSets/Segmentation/<split>.txt"
@@ -69,12 +67,7 @@ def prepare_custom(data_cfg: dict, out_dir: Path, progress: bool = True) -> dict
         raise WsssError(f"{exc} (key 'data.classes' names {len(names)} classes, mask values 0..{len(names) - 1}: "
                         f"{', '.join(f'{k} {n}' for k, n in enumerate(names))}; 255 is ignore)") from None
     out_dir = Path(out_dir)
-    for sub in ("JPEGImages", "SegmentationClass"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    every = sorted(set().union(*lists.values()))
-    for name in tqdm(every, desc="link custom dataset", unit="img", disable=not progress):
-        link_or_copy(folder / "JPEGImages" / f"{name}.jpg", out_dir / "JPEGImages" / f"{name}.jpg")
-        link_or_copy(folder / "SegmentationClass" / f"{name}.png", out_dir / "SegmentationClass" / f"{name}.png")
+    link_tree(folder, out_dir, sorted(set().union(*lists.values())), progress, "link custom dataset")
     write_lists(out_dir, lists)
     return {"num_classes": len(names), "class_names": names,
             "splits": {split: len(listed) for split, listed in sorted(lists.items())}}

@@ -26,17 +26,27 @@ CHUNK = 1 << 20
 USER_AGENT = "wsss-prepare/0.1 (urllib)"
 
 
-def md5sum(path: str | Path, progress: bool = False) -> str:
-    """Hex MD5 of a file, read in chunks."""
+def file_digest(path: str | Path, algorithm: str, progress: bool = False) -> str:
+    """Hex digest (``hashlib`` ``algorithm``: md5, sha256) of a file, read in chunks."""
     path = Path(path)
-    digest = hashlib.md5()
+    digest = hashlib.new(algorithm)
     size = path.stat().st_size
-    with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"md5 {path.name}",
+    with open(path, "rb") as fh, tqdm(total=size, unit="B", unit_scale=True, desc=f"{algorithm} {path.name}",
                                       disable=not progress or size < 64 * CHUNK) as bar:
         for block in iter(lambda: fh.read(CHUNK), b""):
             digest.update(block)
             bar.update(len(block))
     return digest.hexdigest()
+
+
+def md5sum(path: str | Path, progress: bool = False) -> str:
+    """Hex MD5 of a file, read in chunks."""
+    return file_digest(path, "md5", progress)
+
+
+def sha256sum(path: str | Path, progress: bool = False) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    return file_digest(path, "sha256", progress)
 
 
 def check_md5(path: Path, expected: str | None, progress: bool = False) -> str:

@@ -96,6 +96,16 @@ def _find_dir(base: Path, marker: str, depth: int = 4) -> Path | None:
     return None
 
 
+def link_tree(source: Path, out_dir: Path, names: list[str], progress: bool, desc: str) -> None:
+    """``JPEGImages/<name>.jpg`` and ``SegmentationClass/<name>.png`` of every name, from a VOC-format
+    ``source`` into ``out_dir``, linked (or copied)."""
+    for sub in ("JPEGImages", "SegmentationClass"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    for name in tqdm(names, desc=desc, unit="img", disable=not progress):
+        link_or_copy(source / "JPEGImages" / f"{name}.jpg", out_dir / "JPEGImages" / f"{name}.jpg")
+        link_or_copy(source / "SegmentationClass" / f"{name}.png", out_dir / "SegmentationClass" / f"{name}.png")
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -273,12 +283,7 @@ def _from_voc_folder(source: Path, data_cfg: dict, out_dir: Path, progress: bool
                         f"(data.train_split/data.eval_split need it; present: {', '.join(present) or 'none'})")
     verify_root(source, present, NUM_CLASSES, progress=progress)
     lists = {split: read_list(seg / f"{split}.txt") for split in present}
-    (out_dir / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    (out_dir / "SegmentationClass").mkdir(parents=True, exist_ok=True)
-    names = sorted(set().union(*lists.values()))
-    for name in tqdm(names, desc="link VOC-format copy", unit="img", disable=not progress):
-        link_or_copy(source / "JPEGImages" / f"{name}.jpg", out_dir / "JPEGImages" / f"{name}.jpg")
-        link_or_copy(source / "SegmentationClass" / f"{name}.png", out_dir / "SegmentationClass" / f"{name}.png")
+    link_tree(source, out_dir, sorted(set().union(*lists.values())), progress, "link VOC-format copy")
     aug = lists.get("train_aug", [])
     if aug and all((source / AUG_MASKS / f"{name}.png").is_file() for name in aug):
         (out_dir / AUG_MASKS).mkdir(exist_ok=True)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wsss.errors import WsssError
+from wsss.model.backbones.vit import prefix_tokens
 from wsss.model.layers import resize_to
 
 
@@ -67,9 +68,9 @@ class ACRLocaliser(nn.Module):
     def forward(self, x: Tensor) -> dict:
         with torch.enable_grad():
             out = self.network(x)
-            deep, attentions = out["features"]["deep"], out["features"]["attentions"]
-            prefix = attentions[0].shape[-1] - deep.shape[2] * deep.shape[3]
-            maps = localise(out["cls"].float(), attentions, tuple(deep.shape[2:]), self.blocks, self.use_affinity, prefix)
+            features = out["features"]
+            maps = localise(out["cls"].float(), features["attentions"], tuple(features["deep"].shape[2:]), self.blocks,
+                            self.use_affinity, prefix_tokens(features))
         fg = resize_to(maps.detach(), tuple(out["masks"].shape[2:]))
         masks = torch.cat([1.0 - fg.amax(1, keepdim=True), fg], 1)
         return {"masks": masks, "cls": out["cls"].detach()}

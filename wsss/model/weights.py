@@ -104,14 +104,11 @@ def check_sha256(path: str | Path, expected: str | None) -> None:
     None: no check). WsssError naming the key, the file and both digests."""
     if not expected:
         return
-    import hashlib
+    from wsss.data.download import sha256sum
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != expected.lower():
-        raise WsssError(f"key 'model.weights_sha256': {path} has SHA-256 {digest.hexdigest()}, expected {expected}")
+    actual = sha256sum(path)
+    if actual != expected.lower():
+        raise WsssError(f"key 'model.weights_sha256': {path} has SHA-256 {actual}, expected {expected}")
 
 
 def load_pretrained(backbone: nn.Module, cfg: dict) -> None:

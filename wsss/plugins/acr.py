@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from wsss.errors import WsssError
+from wsss.model.backbones.vit import prefix_tokens
 from wsss.model.scores import classification_loss
 from wsss.plugins.base import Step, TrainingPlugin
 
@@ -79,10 +80,8 @@ class ACR(TrainingPlugin):
     def losses(self, step: Step) -> dict[str, tuple[Tensor, float]]:
         s = self.settings
         crop, flip = step.outputs["crop"], step.outputs["flip"]
-        deep = crop["features"]["deep"]
-        prefix = crop["features"]["attentions"][0].shape[-1] - deep.shape[2] * deep.shape[3]
         cls_attention, affinity = acr_terms(crop["features"]["attentions"], flip["features"]["attentions"],
-                                            tuple(deep.shape[2:]), prefix)
+                                            tuple(crop["features"]["deep"].shape[2:]), prefix_tokens(crop["features"]))
         cls_flip = classification_loss(flip["cls"], step.labels)
         return {"cls_attention": (cls_attention, s["attention_weight"]), "affinity": (affinity, s["affinity_weight"]),
                 "cls_flip": (cls_flip, s["flip_cls_weight"])}

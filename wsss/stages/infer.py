@@ -26,7 +26,6 @@ averaged masks, not renormalised: what the CRF needs), ``scores.tsv`` and ``conf
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from tqdm import tqdm
 
 from wsss import config as params, provenance
 from wsss.data.dataset import VOCSegmentation, labels_from_mask, normalize, to_tensor
+from wsss.data.download import sha256sum
 from wsss.data.palette import save_mask
 from wsss.engine import checkpoint, device as devices
 from wsss.errors import WsssError
@@ -167,15 +167,7 @@ def describe_checkpoint(path: Path, state: object) -> dict:
     """What ``infer`` writes to ``checkpoint.yaml``: the file, its SHA-256 and what made it."""
     made_by = (f"public {public_checkpoints.flavour(state)} checkpoint" if public_checkpoints.is_public(state)
                else f"wsss {checkpoint.made_by(state)}")
-    return {"path": str(path), "sha256": file_sha256(path), "made_by": made_by}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"path": str(path), "sha256": sha256sum(path), "made_by": made_by}
 
 
 def load_model(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Module, dict]:
@@ -200,6 +192,14 @@ def load_model(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Modul
         checkpoint.check_signature(state, cfg, path)
         model.load_state_dict(state["model"])
     return model.to(dev).eval(), describe_checkpoint(path, state)
+
+
+def inference_network(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Module, dict]:
+    """``load_model``, converted to channels-last memory format with ``infer.channels_last``."""
+    model, source = load_model(cfg, dev, path)
+    if cfg["infer"]["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    return model, source
 
 
 def load_segmenter(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Module, dict]:
@@ -241,10 +241,12 @@ def run(cfg: dict, args) -> None:
     indices = shard.take(range(len(dataset))) if shard else range(len(dataset))
     target = shards.shard_dir(paths.infer, shard) if shard else paths.infer
     dev = devices.resolve(icfg["device"])
-    model, source = (load_segmenter if stage2 else load_model)(cfg, dev, model_path)
-    if icfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    if not stage2:
+    if stage2:
+        model, source = load_segmenter(cfg, dev, model_path)
+        if icfg["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+    else:
+        model, source = inference_network(cfg, dev, model_path)
         model = for_inference(model, cfg)
     with atomic_path(target, directory=True) as tmp:
         (tmp / "masks").mkdir()
@@ -284,7 +286,7 @@ def gather(cfg: dict, target: Path, names: list[str], count: int, stage2: bool, 
     stage = "infer_stage2" if stage2 else "infer"
     if not model_path.is_file():
         raise WsssError(f"checkpoint not found: {model_path} (the shards must come from it)")
-    expected = file_sha256(model_path)
+    expected = sha256sum(model_path)
     sources: list[dict] = []
 
     def check(folder: Path) -> None:

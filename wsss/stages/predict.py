@@ -31,13 +31,14 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from wsss import config as params, provenance
+from wsss.data.download import sha256sum
 from wsss.data.imagefile import decode
 from wsss.data.palette import colorize, save_mask
 from wsss.engine import device as devices
 from wsss.errors import WsssError
 from wsss.paths import for_config
 from wsss.stages.crf import refine
-from wsss.stages.infer import combine, file_sha256, for_inference, load_model, predict, view_size
+from wsss.stages.infer import combine, for_inference, inference_network, predict, view_size
 from wsss.utils.atomic import atomic_path, write_yaml
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -116,7 +117,7 @@ def record(cfg: dict, model_path: Path, use_crf: bool) -> dict:
     if use_crf:
         keys.update(provenance.param_slice(cfg, "crf"))
     keys.pop("data.eval_split", None)
-    return {"checkpoint": {"path": str(model_path), "sha256": file_sha256(model_path)}, "crf": use_crf,
+    return {"checkpoint": {"path": str(model_path), "sha256": sha256sum(model_path)}, "crf": use_crf,
             "params": keys}
 
 
@@ -146,10 +147,7 @@ def run(cfg: dict, args) -> None:
     check_record(out, wanted)
     todo = [p for p in files if not all(f.is_file() for f in outputs(out, p.stem, args.probs))]
     dev = devices.resolve(cfg["infer"]["device"])
-    model, _ = load_model(cfg, dev, model_path)
-    if cfg["infer"]["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    model = for_inference(model, cfg)
+    model = for_inference(inference_network(cfg, dev, model_path)[0], cfg)
     for sub in ("masks", "overlays") + (("probs",) if args.probs else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     write_yaml(out / "predict.yaml", wanted)

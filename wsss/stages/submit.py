@@ -22,7 +22,6 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from wsss import provenance
@@ -31,7 +30,7 @@ from wsss.data.palette import save_mask
 from wsss.engine import device as devices
 from wsss.errors import WsssError
 from wsss.paths import for_config
-from wsss.stages.infer import load_model
+from wsss.stages.infer import inference_network
 from wsss.stages.predict import segment
 from wsss.utils.atomic import atomic_path
 
@@ -85,9 +84,7 @@ def run(cfg: dict, args) -> None:
                         f"not found ({len(missing)} missing)")
     model_path = Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train")
     dev = devices.resolve(cfg["infer"]["device"])
-    model, _ = load_model(cfg, dev, model_path)
-    if cfg["infer"]["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    model, _ = inference_network(cfg, dev, model_path)
     archive = paths.submission
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".submit-masks-", dir=archive.parent) as scratch:

@@ -52,6 +52,13 @@ VARIANTS = {
 }
 
 
+def prefix_tokens(features: dict) -> int:
+    """The tokens before the patches (the class token) in a ViT's ``features`` (``deep`` (B, D, h, w) and
+    ``attentions`` (B, heads, N, N)): ``N - h * w``."""
+    deep = features["deep"]
+    return features["attentions"][0].shape[-1] - deep.shape[2] * deep.shape[3]
+
+
 class ViT(Backbone):
     weights_prefix = "vit."  # timm's state-dict names sit under this module
 
