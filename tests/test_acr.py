@@ -73,6 +73,21 @@ def test_localisation_is_the_positive_gradient_of_the_score_on_the_class_token_r
     assert torch.allclose(maps, torch.tensor([[[[1.0, 1.0]]]]), atol=1e-4)
 
 
+def test_localisation_sums_the_last_blocks_and_normalises_each_class_over_the_patches():
+    first = torch.full((1, 2, 3, 3), 1 / 3, requires_grad=True)  # (B, heads, N, N): two blocks, two heads
+    last = torch.full((1, 2, 3, 3), 1 / 3, requires_grad=True)
+    # class 0: 2 A_last[head 0, cls -> patch 1] + A_first[head 1, cls -> patch 2];
+    # class 1: 0.1 A_last[head 1, cls -> patch 1] + 0.5 A_last[head 0, cls -> patch 2]
+    cls = torch.stack([2 * last[0, 0, 0, 1] + first[0, 1, 0, 2],
+                       0.1 * last[0, 1, 0, 1] + 0.5 * last[0, 0, 0, 2]]).reshape(1, 2)
+    # the last block only: head-averaged gradients, class 0 (1, 0), class 1 (0.05, 0.25), each over its own maximum
+    maps = localise(cls, [first, last], (1, 2), blocks=1, use_affinity=False)
+    assert torch.allclose(maps, torch.tensor([[[[1.0, 0.0]], [[0.2, 1.0]]]]), atol=1e-4)
+    # both blocks: class 0 gains 0.5 at patch 2 from the first block
+    maps = localise(cls, [first, last], (1, 2), blocks=2, use_affinity=False)
+    assert torch.allclose(maps, torch.tensor([[[[1.0, 0.5]], [[0.2, 1.0]]]]), atol=1e-4)
+
+
 @pytest.fixture
 def vit_cfg():
     return config.load([REPO / "params.yaml"], ["model.backbone=vit_toy", "plugins.acr.enabled=true"])
@@ -117,6 +132,9 @@ def test_the_localiser_gives_masks_of_the_network_s_size_from_the_attention(vit_
         ACRLocaliser(cnn, 2, True)
     with pytest.raises(WsssError, match="key 'infer.acr_blocks': 7 blocks, the backbone has 6"):
         ACRLocaliser(model, 7, True)
+    with pytest.raises(WsssError, match="key 'infer.acr_blocks': 0 blocks, the backbone has 6"):
+        ACRLocaliser(model, 0, True)
+    assert ACRLocaliser(model, 1, False).blocks == 1 and ACRLocaliser(model, 6, False).blocks == 6  # the bounds
 
 
 def test_flip_affinity_is_zero_for_a_flip_equivariant_map_and_trains_on_a_cnn(one_thread):

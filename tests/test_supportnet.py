@@ -16,6 +16,8 @@ from wsss.errors import WsssError
 from wsss.model.network import build_model
 from wsss.model.optim import build_optimizer
 from wsss.plugins import PluginSet, Step, build_plugins
+from wsss.model.layers import resize_to
+from wsss.plugins.rtc import rtc_cam
 from wsss.plugins.supportnet import fused_target, mam_loss, rcm_loss, region_prototypes, regions
 from wsss.plugins.teacher import EMATeacher
 
@@ -65,8 +67,9 @@ def test_a_momentum_outside_zero_one_is_refused(momentum):
 # ------------------------------------------------------------------ RCM and MAM by hand
 
 def test_regions_are_the_arg_max_class_from_the_threshold_on():
-    cam = torch.tensor([[[[0.9, 0.2, 0.1, 0.3]], [[0.1, 0.7, 0.4, 0.2]], [[0.0, 0.1, 0.8, 0.35]]]])  # (1, 3, 1, 4)
-    assert regions(cam, 0.5).tolist() == [[[0, 1, 2, -1]]]
+    cam = torch.tensor([[[[0.9, 0.2, 0.1, 0.3, 0.0]], [[0.1, 0.7, 0.4, 0.2, 0.5]],
+                         [[0.0, 0.1, 0.8, 0.35, 0.25]]]])  # (1, 3, 1, 5)
+    assert regions(cam, 0.5).tolist() == [[[0, 1, 2, -1, 1]]]  # the last pixel's 0.5 is the threshold itself
 
 
 def test_prototypes_are_normalised_means_over_each_region_of_the_batch():
@@ -106,6 +109,9 @@ def test_mam_weights_each_pixel_by_the_dissimilarity_of_the_class_vectors():
     target = torch.tensor([[[[0.0, 2.0]], [[1.0, 2.0]]]])  # pixel 0 (0, 1): orthogonal; pixel 1 (2, 2): parallel
     # pixel 0: weight 1, |S - T| = 1 + 1; pixel 1: weight 0
     assert torch.allclose(mam_loss(student, target), torch.tensor(2.0 / 4))
+    # S (1, 1) against T (1, 0): weight 1 - 1/sqrt(2), |S - T| = 0 + 1 (not |S + T| = 2 + 1)
+    s, t = torch.tensor([[[[1.0]], [[1.0]]]]), torch.tensor([[[[1.0]], [[0.0]]]])
+    assert torch.allclose(mam_loss(s, t), torch.tensor((1 - 2 ** -0.5) * 1.0 / 2))
     s = student.clone().requires_grad_(True)
     mam_loss(s, target).backward()
     assert s.grad[0, :, 0, 1].abs().max() < 1e-6 and s.grad[0, 0, 0, 0] > 0  # pulled toward the target
@@ -157,3 +163,43 @@ def test_the_terms_are_finite_and_reach_the_network_and_the_head(toy):
     assert plugin.head.weight.grad is not None and plugin.head.weight.grad.abs().sum() > 0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     assert all(p.grad is None for p in plugin.teacher.parameters())
+
+
+def test_the_terms_are_rcm_and_mam_of_the_teacher_s_views_and_the_normalised_projections(one_thread):
+    cfg = config.load([REPO / "params.yaml"], ["plugins.supportnet.enabled=true", "plugins.supportnet.momentum=0.5",
+                                                "plugins.supportnet.mam_scales=[0.5,1.0,1.5]",
+                                                "plugins.supportnet.region_threshold=0.3"])
+    torch.manual_seed(0)
+    model = build_model(cfg, load_weights=False)
+    plugin = build_plugins(cfg, model).plugins["supportnet"]
+    with torch.no_grad():  # a teacher different from the network, so that the two roles cannot be swapped unseen
+        for p in plugin.teacher.module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        for p in plugin.teacher_head.module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sizes = []
+    plugin.teacher.module.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[2:])))
+    images = torch.randn(2, 3, 42, 40)  # not square, and half of 42 x 1.5 is not a whole number of pixels
+    labels = torch.tensor([[1.0, 0.0, 1.0] + [0.0] * 7, [0.0, 1.0] + [0.0] * 8])
+    out = model(images)
+    terms = plugin.losses(Step(0, False, images, images, labels, {"crop": out}))
+    assert sizes == [(21, 20), (42, 40), (63, 60)]  # round(H * s) x round(W * s), the crop's own run reused
+
+    def unit(x):  # L2-normalised along the channels, written out
+        return x / x.pow(2).sum(1, keepdim=True).sqrt()
+
+    with torch.no_grad():
+        views = [F.interpolate(images, size=size, mode="bilinear", align_corners=False) if size != (42, 40) else images
+                 for size in sizes]
+        teacher_out = [plugin.teacher.module(v) for v in views]
+        deep = out["features"]["deep"]
+        student = unit(plugin.head(deep))
+        teacher = unit(plugin.teacher_head.module(teacher_out[1]["features"]["deep"]))
+        t_cam = resize_to(rtc_cam(teacher_out[1]["masks"], labels), tuple(deep.shape[2:]))
+        region = regions(t_cam, 0.3)
+        assert (region >= 0).any() and len(region[region >= 0].unique()) >= 2  # a real contrast
+        mine = rtc_cam(out["masks"], labels)[:, 1:]
+        target = torch.stack([resize_to(rtc_cam(o["masks"], labels)[:, 1:], tuple(mine.shape[2:]))
+                              for o in teacher_out]).mean(0)
+        assert torch.allclose(terms["rcm"][0], rcm_loss(student, teacher, region, 0.1), atol=1e-5)
+        assert torch.allclose(terms["mam"][0], mam_loss(mine, target), atol=1e-6)
