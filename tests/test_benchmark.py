@@ -18,6 +18,7 @@ from wsss.benchmark import design as bench_design
 from wsss.benchmark import paired, probes, report
 from wsss.benchmark.report import checks, summarise
 from wsss.errors import WsssError
+from wsss.paths import for_config
 
 PARAMS = [str(REPO / "params.yaml")]
 
@@ -31,7 +32,7 @@ TINY = {
 def write_design(path: Path, **changes) -> Path:
     raw = yaml.safe_load((REPO / "workflow" / "benchmark.yaml").read_text())
     if "variants" in changes:  # the probes and the paired variants name the committed variants
-        for key in ("probes", "paired", "two_stage"):
+        for key in ("probes", "paired", "two_stage", "plugins"):
             if key not in changes:
                 del raw[key]
     raw.update(changes)
@@ -89,6 +90,17 @@ def test_the_committed_design_resolves_for_every_run():
     ({"variants": {"ceiling": {}, "supervised": {"train": "supervise"}}, "reference": "ceiling"}, "taken by the benchmark's own runs"),
     ({"inference": {"two_stage": {}}}, "inference mode name 'two_stage' is taken"),
     ({"two_stage": {"variants": ["wsfcn"], "plateau": [200, 1500]}}, r"'two_stage.plateau': 1500 is the ceiling's own budget"),
+    ({"plugins": {"x": {"baseline": "nope"}}}, r"key 'plugins.x.baseline': 'nope' is not another variant"),
+    ({"plugins": {"x": {"baseline": "x"}}}, r"key 'plugins.x.baseline': 'x' is not another variant"),
+    ({"plugins": {"wsfcn": {"baseline": "cam"}}}, r"key 'plugins.wsfcn': 'wsfcn' is already a variant"),
+    ({"plugins": {"x": {"backbone": "vitt", "baseline": "wsfcn"}}}, r"key 'plugins.x.backbone': 'vitt' is not in 'backbones' \(vit\)"),
+    ({"plugins": {"x": {"seeds": [0], "baseline": "wsfcn"}}}, r"'plugins.x.baseline': 'x' shares 1 seed\(s\) with 'wsfcn'"),
+    ({"plugins": {"x": {"params": {"plugins.acr.enabled": True}, "baseline": "wsfcn"}}}, r"variant 'x'.*plugins.acr.enabled"),
+    ({"plugins": {"backbone_vit": {"baseline": "wsfcn"}}}, "taken by the benchmark's own runs"),
+    ({"backbones": {"vit": {"params": {"model.backbone": "vit_huge"}}}}, r"backbones.vit: .*model.backbone"),
+    ({"backbones": {"v t": {}}}, r"key 'backbones.v t': a name must be"),
+    ({"backbones": ["vit"]}, r"key 'backbones': expected a mapping"),
+    ({"paired": ["supportnet"]}, r"key 'paired': 'supportnet' is not a variant"),
 ])
 def test_a_bad_design_is_refused_naming_the_key(tmp_path, change, message):
     with pytest.raises(WsssError, match=message):
@@ -123,6 +135,28 @@ def test_the_committed_design_pairs_each_plugin_with_ws_fcn_over_five_seeds():
     ref = design.config(PARAMS, "wsfcn", "ms", 3)
     for section in ("model", "train", "infer", "crf", "data"):
         assert ref[section] == fbr[section], f"FBR differs from WS-FCN in {section}"
+
+
+def test_the_teacher_and_transformer_plugins_run_on_request_each_from_its_own_backbone():
+    design = bench_design.load(REPO / "workflow" / "benchmark.yaml", PARAMS)
+    assert design.plugin_pairs == [("supportnet", "wsfcn"), ("vit", "wsfcn"), ("acr", "vit")]
+    assert design.plugin_report_variants == ["wsfcn", "supportnet", "vit", "acr"]
+    assert not {"supportnet", "vit", "acr"} & set(design.ladder), "the main table does not wait for them"
+    assert not {v for v, _ in design.runs()} & {"supportnet", "vit", "acr"}
+    assert design.backbone_folders == ["backbone", "backbone_vit"]
+    vit_backbone = design.backbone_config(PARAMS, 2, "backbone_vit")
+    assert (vit_backbone["model"]["backbone"], vit_backbone["model"]["method"]) == ("vit_toy", "cam")
+    assert vit_backbone["train"] == design.backbone_config(PARAMS, 2)["train"], "trained as the CNN's backbone is"
+    support, vit, acr = (design.config(PARAMS, v, "ms", 2) for v in ("supportnet", "vit", "acr"))
+    assert support["plugins"]["supportnet"]["enabled"] and support["model"]["weights"] == design.backbone_checkpoint(2)
+    assert vit["model"]["weights"] == acr["model"]["weights"] == design.backbone_checkpoint(2, folder="backbone_vit")
+    assert (acr["plugins"]["acr"]["enabled"], acr["infer"]["localisation"]) == (True, "acr")
+    assert (vit["plugins"]["acr"]["enabled"], vit["infer"]["localisation"]) == (False, "head")
+    ref = design.config(PARAMS, "wsfcn", "ms", 2)
+    for section in ("train", "crf", "data"):
+        assert ref[section] == support[section] == vit[section] == acr[section], section
+    with pytest.raises(WsssError, match="'backbone_cnn' is not a shared backbone of the design"):
+        design.backbone_params("backbone_cnn")
 
 
 def test_paired_differences_pair_runs_by_seed_with_a_t_interval():
@@ -463,3 +497,58 @@ def test_parameter_counts_at_voc_size_hold_under_a_schedule_that_validates_nothi
     counts = report.param_counts(design, PARAMS)
     assert counts["wsfcn"][1] == pytest.approx(147.343, abs=5e-4)  # Table I: 147.34 M
     assert counts["cam"][1] < counts["wsfcn"][1] and counts["wsfcn"][0] > 0
+
+
+def _plugin_run(runs: Path, cfg: dict, variant: str, seed: int, miou: float, img_per_s: float, rss: float) -> None:
+    """One fabricated benchmark run: both modes' metrics and per-class table, the train curve, the train job's record."""
+    for mode in ("ss", "ms"):
+        paths = report.run_paths(cfg, runs, variant, seed, mode)
+        _metrics(paths.metrics_json, miou + (0.02 if mode == "ms" else 0.0), 100)
+        pd.DataFrame({"class": ["background", "a", "mean"], "iou": [0.7, 0.2, 0.45], "iou_crf": [0.8, miou, 0.5],
+                      "precision": [0.9, 0.5, 0.7], "precision_crf": [0.9, 0.5, 0.7], "recall": [0.8, 0.4, 0.6],
+                      "recall_crf": [0.8, 0.4, 0.6]}).to_csv(paths.miou_csv, index=False)
+    curve = bench_design.params.load(PARAMS, ["train.batch_size=16"])
+    log = for_config(curve, runs / variant / f"s{seed}").train_log("train")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("stage\tepoch\tstep\timg_per_s\n" + "".join(f"train\t2\t{i}\t{img_per_s}\n" for i in range(3)))
+    (runs / variant / f"s{seed}" / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (runs / variant / f"s{seed}" / "benchmarks" / "train.tsv").write_text(f"s\th:m:s\tmax_rss\n9.0\t0:00:09\t{rss}\n")
+
+
+def test_the_plugin_report_pairs_each_variant_with_its_own_baseline(tmp_path):
+    from wsss.benchmark import plugins
+
+    design = bench_design.load(REPO / "workflow" / "benchmark.yaml", PARAMS)
+    cfg = design.config(PARAMS, design.reference)
+    runs = tmp_path / "runs"
+    base = {s: 0.20 + 0.02 * s for s in range(5)}
+    offsets = {"wsfcn": {s: 0.0 for s in range(5)}, "supportnet": {0: 0.03, 1: 0.01, 2: 0.02, 3: 0.04, 4: 0.0},
+               "vit": {s: -0.1 for s in range(5)}, "acr": {0: -0.05, 1: -0.1, 2: -0.05, 3: -0.1, 4: -0.05}}
+    speed = {"wsfcn": 32.0, "supportnet": 16.0, "vit": 64.0, "acr": 16.0}
+    for variant, offset in offsets.items():
+        for seed in range(5):
+            _plugin_run(runs, cfg, variant, seed, base[seed] + offset[seed], speed[variant], 1000.0 + 100 * seed)
+    args = argparse.Namespace(params=PARAMS, design=str(REPO / "workflow" / "benchmark.yaml"), runs=str(runs),
+                              out=str(tmp_path / "out"))
+    plugins.run({}, args)
+
+    out = tmp_path / "out"
+    pairs = pd.read_csv(out / "plugins_paired.csv")
+    miou = pairs[(pairs["measure"] == "miou") & (pairs["mode"] == "ms") & pairs["crf"]].set_index("variant")
+    assert miou["baseline"].to_dict() == {"supportnet": "wsfcn", "vit": "wsfcn", "acr": "vit"}
+    assert miou.loc["supportnet", "per_seed"] == "+0.030 +0.010 +0.020 +0.040 +0.000"
+    assert miou.loc["acr", "per_seed"] == "+0.050 +0.000 +0.050 +0.000 +0.050", "ACR against the ViT, not WS-FCN"
+    assert miou.loc["vit", "mean"] == pytest.approx(-0.1) and miou.loc["vit", "verdict"] == "worse"
+    cost = pd.read_csv(out / "plugins_costs.csv")
+    assert sorted(set(cost["variant"])) == ["acr", "supportnet", "vit", "wsfcn"] and len(cost) == 20
+    text = (out / "plugins.md").read_text()
+    assert "## Each configuration against its baseline, paired by seed" in text
+    assert "| ViT + ACR − ViT single stage | 5 |" in text and "| WS-FCN + MainNet/SupportNet − WS-FCN | 5 |" in text
+    assert "| WS-FCN + MainNet/SupportNet − WS-FCN | 1.000 | 2.00 (2.00–2.00) |" in text  # 16 / 32 images per second
+    assert "| ViT + ACR − ViT single stage | 1.000 | 4.00 (4.00–4.00) |" in text
+    assert "| ViT single stage | 0.250 | 1 |" in text and "| WS-FCN | 0.500 | 1 |" in text
+    assert "its seed's `backbone_vit` run: model.method=cam, model.backbone=vit_toy" in text
+    assert (out / "plugins.png").stat().st_size > 5000
+    (runs / "acr" / "s4" / "ms" / "metrics" / "toy_val.json").unlink()
+    with pytest.raises(WsssError, match=r"benchmark run missing: .*acr/s4/ms/metrics/toy_val\.json"):
+        plugins.run({}, args)

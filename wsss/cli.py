@@ -30,6 +30,8 @@ STAGES = {
                                                   "(run by the results/benchmark/report.md target)"),
     "benchmark-probes": ("wsss.benchmark.probes", "the benchmark's diagnostic inference modes beside the main ones "
                                                   "(run by the results/benchmark/probes.md target)"),
+    "benchmark-plugins": ("wsss.benchmark.plugins", "the benchmark's on-request plug-in variants, each paired with "
+                                                    "its own baseline (run by the results/benchmark/plugins.md target)"),
     "benchmark-two-stage": ("wsss.benchmark.two_stage", "the benchmark's two-stage rows: pseudo-masks, the second "
                                                         "stage and its ground-truth ceiling, paired with the single "
                                                         "stage (run by the results/benchmark/two_stage.md target)"),
@@ -47,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "repeat to overlay files, later ones win")
         p.add_argument("-S", "--set", action="append", default=[], dest="overrides", metavar="KEY.PATH=VALUE",
                        help="override a parameter, typed as in `dvc exp run -S` (e.g. -S model.fca=false)")
-        if name not in ("prepare", "model-info", "benchmark-report", "benchmark-probes", "benchmark-two-stage"):
+        if name not in ("prepare", "model-info", "benchmark-report", "benchmark-probes", "benchmark-plugins",
+                        "benchmark-two-stage"):
             p.add_argument("--results", default="results", metavar="DIR",
                            help="root of this stage's inputs and outputs from earlier stages (default: results)")
         if name in ("infer", "crf", "evaluate"):
@@ -81,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--ground-truth", action="store_true",
                            help="train on the training split's ground-truth masks instead of the pseudo-masks: "
                                 "the fully supervised ceiling of the second stage")
-        if name in ("benchmark-report", "benchmark-probes", "benchmark-two-stage"):
+        if name in ("benchmark-report", "benchmark-probes", "benchmark-plugins", "benchmark-two-stage"):
             p.add_argument("--design", default="workflow/benchmark.yaml", metavar="PATH", help="the benchmark design file")
             p.add_argument("--runs", default="results/benchmark/runs", metavar="DIR", help="where the runs are")
             p.add_argument("--out", default="results/benchmark", metavar="DIR", help="where the report goes")

@@ -10,10 +10,15 @@
 # the report reads each train job's curve and Snakemake benchmark file for the paired rows' cost.
 # The runs read params.yaml and the design file only: --configfile overlays do not reach them. With a
 # `backbone` entry in the design, each seed's shared backbone is trained first
-# (results/benchmark/runs/backbone/s<seed>/) and every run of that seed starts from it.
+# (results/benchmark/runs/backbone/s<seed>/) and every run of that seed starts from it; a variant with
+# `backbone: <name>` starts from the named one of `backbones` instead (runs/backbone_<name>/s<seed>/).
 # The design's probes (more inference modes on some variants' trained models) run only for
 #
 #     snakemake --cores 2 results/benchmark/probes.md
+#
+# and its `plugins` (more variants, each paired with its own baseline) only for
+#
+#     snakemake --cores 2 results/benchmark/plugins.md
 import shlex
 
 from wsss.benchmark import design as bench_design
@@ -33,6 +38,7 @@ wildcard_constraints:
     chain=bench_design.CHAIN_PATTERN,
     mode="|".join(BENCH.all_modes),
     seed=r"\d+",
+    backbone="|".join(BENCH.backbone_folders) or "(?!)",
 
 
 def bench_params(stage, with_mode=False):
@@ -93,8 +99,9 @@ rule bench_prepare:
 
 
 def bench_backbone(wc):
-    """The shared backbone a run of this seed starts from (none without a `backbone` design entry)."""
-    return [BENCH.backbone_checkpoint(int(wc.seed))] if BENCH.backbone is not None else []
+    """The shared backbone a run of this variant and seed starts from (none without a `backbone` design entry)."""
+    folder = BENCH.variant_backbone(wc.variant)
+    return [BENCH.backbone_checkpoint(int(wc.seed), folder=folder)] if folder is not None else []
 
 
 rule bench_backbone:
@@ -104,9 +111,9 @@ rule bench_backbone:
     output:
         checkpoint=BENCH_BACKBONE_RUN + "/toy/pretrain.pt",
     params:
-        config=lambda wc: param_slice(BENCH.backbone_config(["params.yaml"], int(wc.seed)), "pretrain"),
-        cmd=lambda wc: bench_shell("pretrain", BENCH.backbone_overrides(int(wc.seed)),
-                                   ["--results", BENCH_BACKBONE_RUN.format(seed=wc.seed)]),
+        config=lambda wc: param_slice(BENCH.backbone_config(["params.yaml"], int(wc.seed), wc.backbone), "pretrain"),
+        cmd=lambda wc: bench_shell("pretrain", BENCH.backbone_overrides(int(wc.seed), wc.backbone),
+                                   ["--results", BENCH_BACKBONE_RUN.format(backbone=wc.backbone, seed=wc.seed)]),
     log:
         BENCH_BACKBONE_RUN + "/logs/pretrain.log",
     benchmark:
@@ -248,6 +255,25 @@ rule bench_report:
         BENCH_OUT + "/logs/report.log",
     shell:
         "wsss benchmark-report --params params.yaml --design {input.design} --runs {BENCH_OUT}/runs --out {BENCH_OUT} 2>&1 | tee {log}"
+
+
+rule bench_plugins:
+    input:
+        design=BENCH_DESIGN,
+        metrics=bench_outputs("/{mode}/metrics/toy_val.json", BENCH.modes, BENCH.plugin_report_variants),
+        models=[bench_model_path(v, s) for v, s in BENCH.runs(BENCH.plugin_report_variants)],
+        code=["wsss/benchmark/design.py", "wsss/benchmark/report.py", "wsss/benchmark/paired.py",
+              "wsss/benchmark/plugins.py"],
+    output:
+        report=BENCH_OUT + "/plugins.md",
+        runs=BENCH_OUT + "/plugins.csv",
+        paired=BENCH_OUT + "/plugins_paired.csv",
+        costs=BENCH_OUT + "/plugins_costs.csv",
+        figure=BENCH_OUT + "/plugins.png",
+    log:
+        BENCH_OUT + "/logs/plugins.log",
+    shell:
+        "wsss benchmark-plugins --params params.yaml --design {input.design} --runs {BENCH_OUT}/runs --out {BENCH_OUT} 2>&1 | tee {log}"
 
 
 rule bench_probes:

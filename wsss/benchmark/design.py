@@ -17,6 +17,15 @@ report compares with ``reference`` seed by seed (the per-seed difference of mIoU
 interval over the seeds both have, and the training cost as a ratio to the reference's): the training
 plug-ins, which differ from the reference in their additions only.
 
+A ``backbones`` entry adds more shared backbones by name (each trained per seed like ``backbone``, in
+``RUNS/backbone_<name>/s<seed>``); a variant with ``backbone: <name>`` starts from that one instead, for
+a variant on another backbone architecture (a ViT beside the CNN).
+
+A ``plugins`` entry holds more variants (written like ``variants``), reported on request only
+(``results/benchmark/plugins.md``, ``wsss benchmark-plugins``) so that adding one never re-runs the main
+table: each with a ``baseline`` (a variant of either entry) is compared with it seed by seed as the
+``paired`` variants are with the reference, and a variant without one is a baseline for the others.
+
 A ``probes`` entry names more inference modes (``probes.inference``, written like ``inference``) that
 are run, on request only, on the trained models of some variants (``probes.variants``): diagnostics
 such as one scale at a time, which the main report does not wait for.
@@ -44,14 +53,15 @@ from wsss import config as params, provenance
 from wsss.errors import WsssError
 
 TRAINERS = ("weak", "supervise")
-KEYS = {"seeds", "params", "backbone", "variants", "inference", "probes", "reference", "upper_bound", "qualitative",
-        "paired", "two_stage"}
+KEYS = {"seeds", "params", "backbone", "backbones", "variants", "plugins", "inference", "probes", "reference",
+        "upper_bound", "qualitative", "paired", "two_stage"}
 TWO_STAGE_KEYS = {"variants", "mode", "params", "ceiling_seeds", "plateau"}
-VARIANT_KEYS = ("label", "params", "train", "seeds")
+VARIANT_KEYS = ("label", "params", "train", "seeds", "backbone")
+PLUGIN_KEYS = (*VARIANT_KEYS, "baseline")  # a variant of the on-request ``plugins`` entry
 MIN_PAIRED_SEEDS = 2  # a per-seed difference needs two seeds for an interval
 RUNS = "results/benchmark/runs"                     # one folder per run: <variant>/s<seed>
 BACKBONE_NAME = "backbone"                          # the shared backbone's folder: not a variant name
-BACKBONE_RUN = f"{RUNS}/{BACKBONE_NAME}/s{{seed}}"  # the shared backbone of one seed
+BACKBONE_RUN = f"{RUNS}/{{backbone}}/s{{seed}}"  # a shared backbone of one seed: {backbone} is backbone_folder()
 CEILING_NAME, PLATEAU_NAME = "ceiling", "plateau"  # the second stage's ground-truth runs: not variant names
 GROUND_TRUTH_PATTERN = rf"(?:{CEILING_NAME}/s\d+|{PLATEAU_NAME}/i\d+)"  # for Snakemake's wildcards
 CHAIN_PATTERN = rf"(?:\w+/s\d+/two_stage|{GROUND_TRUTH_PATTERN})"
@@ -68,6 +78,9 @@ class Variant:
     params: dict
     trainer: str  # weak (pretrain + train) | supervise
     seeds: list[int]  # the seeds it runs with (the design's, or its own subset)
+    backbone: str | None = None  # the named shared backbone it starts from (``backbones``); None: ``backbone``
+    baseline: str | None = None  # the variant it is paired with in the plug-in report
+    on_request: bool = False  # in the ``plugins`` entry: reported by plugins.md only, not the main table
 
 
 @dataclass(frozen=True)
@@ -101,14 +114,43 @@ class Design:
     probe_variants: list[str] = field(default_factory=list)  # the variants the probes run on
     paired: list[str] = field(default_factory=list)  # the variants compared with the reference seed by seed
     two_stage: TwoStage | None = None  # the second stage's runs, on request only
+    backbones: dict[str, dict] = field(default_factory=dict)  # more shared backbones by name: their params
+
+    @property
+    def ladder(self) -> list[str]:
+        """The variants of the main table (``variants``), in design order; not the on-request ``plugins``."""
+        return [name for name, v in self.variants.items() if not v.on_request]
+
+    @property
+    def plugin_variants(self) -> list[str]:
+        """The on-request variants (``plugins``), in design order."""
+        return [name for name, v in self.variants.items() if v.on_request]
+
+    @property
+    def plugin_pairs(self) -> list[tuple[str, str]]:
+        """(variant, its baseline) for every on-request variant with a ``baseline``."""
+        return [(name, self.variants[name].baseline) for name in self.plugin_variants
+                if self.variants[name].baseline is not None]
+
+    @property
+    def plugin_report_variants(self) -> list[str]:
+        """What the plug-in report shows: the main-table baselines its variants name, then its variants."""
+        named = [b for _, b in self.plugin_pairs if not self.variants[b].on_request]
+        return list(dict.fromkeys([*named, *self.plugin_variants]))
+
+    @property
+    def main_pairs(self) -> list[tuple[str, str]]:
+        """(variant, the reference) for every ``paired`` variant of the main table."""
+        return [(name, self.reference) for name in self.paired]
 
     def runs(self, variants: list[str] | None = None) -> list[tuple[str, int]]:
-        """(variant, seed) of every trained run, in design order (of ``variants`` only, if given)."""
-        return [(v, seed) for v in (variants or list(self.variants)) for seed in self.variants[v].seeds]
+        """(variant, seed) of every trained run, in design order: of ``variants`` if given, else of the main table."""
+        return [(v, seed) for v in (variants or self.ladder) for seed in self.variants[v].seeds]
 
-    def paired_seeds(self, variant: str) -> list[int]:
-        """The seeds that ``variant`` and the reference both run with."""
-        return [s for s in self.variants[variant].seeds if s in self.variants[self.reference].seeds]
+    def paired_seeds(self, variant: str, baseline: str | None = None) -> list[int]:
+        """The seeds that ``variant`` and ``baseline`` (default: the reference) both run with."""
+        other = self.variants[baseline or self.reference]
+        return [s for s in self.variants[variant].seeds if s in other.seeds]
 
     @property
     def all_modes(self) -> list[str]:
@@ -119,17 +161,39 @@ class Design:
         """An inference mode of the main table or a probe."""
         return self.modes[name] if name in self.modes else self.probes[name]
 
-    def backbone_checkpoint(self, seed: int, dataset: str = "toy") -> str:
-        """Where the shared backbone of ``seed`` is written (its ``wsss pretrain`` checkpoint)."""
-        return f"{BACKBONE_RUN.format(seed=seed)}/{dataset}/pretrain.pt"
+    @property
+    def backbone_folders(self) -> list[str]:
+        """The folder name under ``RUNS`` of every shared backbone: ``backbone``, then ``backbone_<name>``."""
+        return ([BACKBONE_NAME] if self.backbone is not None else []) + [backbone_folder(n) for n in self.backbones]
 
-    def backbone_overrides(self, seed: int) -> list[str]:
-        """The ``-S`` overrides of the shared backbone run of ``seed``."""
-        return _as_overrides({**self.params, **(self.backbone or {}), "train.seed": seed})
+    def backbone_params(self, folder: str) -> dict:
+        """The ``params`` of the shared backbone in ``folder`` (a name of :attr:`backbone_folders`)."""
+        if folder == BACKBONE_NAME and self.backbone is not None:
+            return self.backbone
+        name = folder.removeprefix(f"{BACKBONE_NAME}_")
+        if folder == name or name not in self.backbones:
+            raise WsssError(f"{self.path}: {folder!r} is not a shared backbone of the design "
+                            f"({', '.join(self.backbone_folders) or 'none'})")
+        return self.backbones[name]
 
-    def backbone_config(self, params_files: list[str], seed: int) -> dict:
-        """The resolved configuration of the shared backbone run of ``seed``."""
-        return params.load(params_files, self.backbone_overrides(seed))
+    def backbone_checkpoint(self, seed: int, dataset: str = "toy", folder: str = BACKBONE_NAME) -> str:
+        """Where the shared backbone in ``folder`` of ``seed`` is written (its ``wsss pretrain`` checkpoint)."""
+        return f"{BACKBONE_RUN.format(backbone=folder, seed=seed)}/{dataset}/pretrain.pt"
+
+    def backbone_overrides(self, seed: int, folder: str = BACKBONE_NAME) -> list[str]:
+        """The ``-S`` overrides of the shared backbone run of ``seed`` in ``folder``."""
+        return _as_overrides({**self.params, **self.backbone_params(folder), "train.seed": seed})
+
+    def backbone_config(self, params_files: list[str], seed: int, folder: str = BACKBONE_NAME) -> dict:
+        """The resolved configuration of the shared backbone run of ``seed`` in ``folder``."""
+        return params.load(params_files, self.backbone_overrides(seed, folder))
+
+    def variant_backbone(self, variant: str) -> str | None:
+        """The folder of the shared backbone that ``variant``'s runs start from; None: from scratch."""
+        name = self.variants[variant].backbone
+        if name is not None:
+            return backbone_folder(name)
+        return BACKBONE_NAME if self.backbone is not None else None
 
     def overrides(self, variant: str, mode: str | None = None, seed: int | None = None) -> list[str]:
         """The ``-S`` overrides of one run (and inference mode), in the order they apply."""
@@ -139,9 +203,10 @@ class Design:
             merged.update(self.mode(mode).params)
         if seed is not None:
             merged["train.seed"] = seed
-            if self.backbone is not None:
+            folder = self.variant_backbone(variant)
+            if folder is not None:
                 merged["model.pretrained"] = True
-                merged["model.weights"] = self.backbone_checkpoint(seed)
+                merged["model.weights"] = self.backbone_checkpoint(seed, folder=folder)
         return _as_overrides(merged)
 
     def config(self, params_files: list[str], variant: str, mode: str | None = None, seed: int | None = None) -> dict:
@@ -187,6 +252,11 @@ class Design:
         return params.load(params_files, self.chain_overrides(chain))
 
 
+def backbone_folder(name: str) -> str:
+    """The folder under ``RUNS`` of the named shared backbone ``name`` (``backbones``)."""
+    return f"{BACKBONE_NAME}_{name}"
+
+
 def _as_overrides(merged: dict) -> list[str]:
     return [f"{key}={typed_value(value)}" for key, value in merged.items()]
 
@@ -206,7 +276,7 @@ def _mapping(node, where: str) -> dict:
     return {str(k): v for k, v in node.items()}
 
 
-def _entries(node, where: str) -> dict[str, dict]:
+def _entries(node, where: str, allowed: tuple[str, ...] = VARIANT_KEYS) -> dict[str, dict]:
     if not isinstance(node, dict) or not node:
         raise WsssError(f"{where}: expected a non-empty mapping of names to entries")
     out = {}
@@ -214,9 +284,9 @@ def _entries(node, where: str) -> dict[str, dict]:
         entry = entry or {}
         if not isinstance(entry, dict):
             raise WsssError(f"{where}.{name}: expected a mapping (label, params)")
-        unknown = set(entry) - set(VARIANT_KEYS)
+        unknown = set(entry) - set(allowed)
         if unknown:
-            raise WsssError(f"{where}.{name}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(VARIANT_KEYS)})")
+            raise WsssError(f"{where}.{name}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(allowed)})")
         out[str(name)] = entry
     return out
 
@@ -226,6 +296,51 @@ def _seeds(node, where: str) -> list[int]:
                                                          for s in node) or len(set(node)) != len(node):
         raise WsssError(f"{where} must be a list of distinct non-negative integers, got {node!r}")
     return node
+
+
+def _backbone_params(node, where: str) -> dict:
+    if not isinstance(node, dict) or set(node) - {"params"}:
+        raise WsssError(f"{where}: expected a mapping with one key, 'params', got {node!r}")
+    return _mapping(node.get("params"), f"{where}.params")
+
+
+def _backbones(raw, path: Path) -> dict[str, dict]:
+    node = raw.get("backbones") or {}
+    if not isinstance(node, dict):
+        raise WsssError(f"{path}: key 'backbones': expected a mapping of names to backbone entries, got {node!r}")
+    for name in node:
+        if not str(name).replace("_", "").isalnum():
+            raise WsssError(f"{path}: key 'backbones.{name}': a name must be letters, digits and '_' (a folder name)")
+    return {str(name): _backbone_params(entry, f"{path}: key 'backbones.{name}'") for name, entry in node.items()}
+
+
+def _variants(raw, path: Path, seeds: list[int], backbones: dict) -> dict[str, Variant]:
+    """The main table's ``variants``, then the on-request ``plugins``, each checked."""
+    entries = [(name, entry, "variants", False) for name, entry in _entries(raw.get("variants"), f"{path}: variants").items()]
+    if "plugins" in raw:
+        entries += [(name, entry, "plugins", True)
+                    for name, entry in _entries(raw["plugins"], f"{path}: plugins", PLUGIN_KEYS).items()]
+    variants = {}
+    for name, entry, section, on_request in entries:
+        where = f"{path}: key '{section}.{name}"
+        if name in variants:
+            raise WsssError(f"{where}': {name!r} is already a variant (its runs would share a folder)")
+        trainer = entry.get("train", "weak")
+        if trainer not in TRAINERS:
+            raise WsssError(f"{where}.train': {trainer!r} is not allowed (allowed: {', '.join(TRAINERS)})")
+        own = _seeds(entry["seeds"], f"{where}.seeds'") if "seeds" in entry else seeds
+        if set(own) - set(seeds):
+            raise WsssError(f"{where}.seeds': {sorted(set(own) - set(seeds))} not among the design's seeds {seeds}")
+        backbone = entry.get("backbone")
+        if backbone is not None and backbone not in backbones:
+            raise WsssError(f"{where}.backbone': {backbone!r} is not in 'backbones' ({', '.join(backbones) or 'none'})")
+        variants[name] = Variant(name, str(entry.get("label", name)), _mapping(entry.get("params"), f"{where}.params'"),
+                                 trainer, own, backbone, entry.get("baseline"), on_request)
+    for name, v in variants.items():
+        if v.baseline is not None and (v.baseline not in variants or v.baseline == name):
+            raise WsssError(f"{path}: key 'plugins.{name}.baseline': {v.baseline!r} is not another variant "
+                            f"({', '.join(n for n in variants if n != name)})")
+    return variants
 
 
 def _paired(raw, path: Path, variants: dict) -> list[str]:
@@ -240,7 +355,7 @@ def _paired(raw, path: Path, variants: dict) -> list[str]:
 
 def _modes(node, where: str) -> dict[str, Mode]:
     return {name: Mode(name, str(e.get("label", name)), _mapping(e.get("params"), f"{where}.{name}.params"))
-            for name, e in _entries(node, where).items()}
+            for name, e in _entries(node, where, ("label", "params")).items()}
 
 
 def _probes(raw, path: Path, variants: dict, modes: dict) -> tuple[dict[str, Mode], list[str]]:
@@ -331,17 +446,8 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
     if unknown:
         raise WsssError(f"{path}: unknown key '{sorted(unknown)[0]}' (allowed: {', '.join(sorted(KEYS))})")
     seeds = _seeds(raw.get("seeds"), f"{path}: key 'seeds'")
-    variants = {}
-    for name, entry in _entries(raw.get("variants"), f"{path}: variants").items():
-        trainer = entry.get("train", "weak")
-        if trainer not in TRAINERS:
-            raise WsssError(f"{path}: key 'variants.{name}.train': {trainer!r} is not allowed (allowed: {', '.join(TRAINERS)})")
-        own = _seeds(entry["seeds"], f"{path}: key 'variants.{name}.seeds'") if "seeds" in entry else seeds
-        if set(own) - set(seeds):
-            raise WsssError(f"{path}: key 'variants.{name}.seeds': {sorted(set(own) - set(seeds))} not among the "
-                            f"design's seeds {seeds}")
-        variants[name] = Variant(name, str(entry.get("label", name)),
-                                 _mapping(entry.get("params"), f"{path}: variants.{name}.params"), trainer, own)
+    backbones = _backbones(raw, path)
+    variants = _variants(raw, path, seeds, backbones)
     modes = _modes(raw.get("inference"), f"{path}: inference")
     probes, probe_variants = _probes(raw, path, variants, modes)
     for name in list(modes) + list(probes):
@@ -352,19 +458,23 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
             raise WsssError(f"{path}: name {name!r} must be letters, digits and '_' (it becomes a folder name)")
     backbone = None
     if "backbone" in raw:
-        if not isinstance(raw["backbone"], dict) or set(raw["backbone"]) - {"params"}:
-            raise WsssError(f"{path}: key 'backbone': expected a mapping with one key, 'params', got {raw['backbone']!r}")
-        backbone = _mapping(raw["backbone"].get("params"), f"{path}: backbone.params")
+        backbone = _backbone_params(raw["backbone"], f"{path}: key 'backbone'")
+    ladder = {name: v for name, v in variants.items() if not v.on_request}
     design = Design(path, seeds, _mapping(raw.get("params"), f"{path}: params"), variants, modes,
                     str(raw.get("reference", "")), str(raw.get("upper_bound", "")), int(raw.get("qualitative", 6)),
-                    backbone, probes, probe_variants, _paired(raw, path, variants),
-                    _two_stage(raw, path, seeds, variants, modes))
-    for taken in (BACKBONE_NAME, CEILING_NAME, PLATEAU_NAME):
-        if taken in variants:
-            raise WsssError(f"{path}: variant name {taken!r} is taken by the benchmark's own runs")
+                    backbone, probes, probe_variants, _paired(raw, path, ladder),
+                    _two_stage(raw, path, seeds, ladder, modes), backbones)
+    for name in variants:
+        if name in (BACKBONE_NAME, CEILING_NAME, PLATEAU_NAME) or name.startswith(f"{BACKBONE_NAME}_"):
+            raise WsssError(f"{path}: variant name {name!r} is taken by the benchmark's own runs")
     for key in ("reference", "upper_bound"):
-        if getattr(design, key) not in variants:
-            raise WsssError(f"{path}: key '{key}': {getattr(design, key)!r} is not a variant ({', '.join(variants)})")
+        if getattr(design, key) not in ladder:
+            raise WsssError(f"{path}: key '{key}': {getattr(design, key)!r} is not a variant ({', '.join(ladder)})")
+    for name, baseline in design.plugin_pairs:
+        if len(design.paired_seeds(name, baseline)) < MIN_PAIRED_SEEDS:
+            raise WsssError(f"{path}: key 'plugins.{name}.baseline': {name!r} shares "
+                            f"{len(design.paired_seeds(name, baseline))} seed(s) with {baseline!r}; a paired difference "
+                            f"needs {MIN_PAIRED_SEEDS} or more")
     if variants[design.upper_bound].trainer != "supervise":
         raise WsssError(f"{path}: key 'upper_bound': variant {design.upper_bound!r} must have 'train: supervise'")
     for name in design.paired:
@@ -376,15 +486,17 @@ def load(path: str | Path, params_files: list[str] | None = None) -> Design:
     if params_files is not None:
         runs = [(variant, mode, "inference") for variant in variants for mode in modes]
         runs += [(variant, probe, "probe") for variant in probe_variants for probe in probes]
+        from wsss.plugins import check_plugins
+
         for variant, mode, kind in runs:
             try:
-                design.config(params_files, variant, mode, variants[variant].seeds[0])
+                check_plugins(design.config(params_files, variant, mode, variants[variant].seeds[0]))
             except WsssError as exc:
                 raise WsssError(f"{path}: variant {variant!r}, {kind} {mode!r}: {exc}") from None
         _check_chains(design, params_files)
-        if design.backbone is not None:
+        for folder in design.backbone_folders:
             try:
-                design.backbone_config(params_files, seeds[0])
+                design.backbone_config(params_files, seeds[0], folder)
             except WsssError as exc:
-                raise WsssError(f"{path}: backbone: {exc}") from None
+                raise WsssError(f"{path}: {folder.replace('_', 's.', 1)}: {exc}") from None
     return design

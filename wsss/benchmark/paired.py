@@ -1,5 +1,6 @@
 """The benchmark's paired rows: each ``paired`` variant (a training plug-in) against the reference (WS-FCN),
-seed by seed, and what it costs.
+or each on-request ``plugins`` variant against its own ``baseline``, seed by seed, and what it costs.
+A comparison is a list of pairs (variant, baseline): ``Design.main_pairs`` or ``Design.plugin_pairs``.
 
 Both runs of a seed start from the same shared backbone and see the same data order, so the per-seed
 difference removes most of the seed-to-seed spread that the mean ± std of each configuration carries.
@@ -54,19 +55,24 @@ def verdict(low: float, high: float) -> str:
     return "no detectable difference"
 
 
-def differences(design: bench_design.Design, values: pd.DataFrame, column: str, keys: list[str]) -> pd.DataFrame:
-    """Per paired variant and per ``keys`` group: the mean per-seed difference to the reference of ``column``
-    and its interval. ``values`` has one row per variant, seed and ``keys``."""
+Pairs = list[tuple[str, str]]  # (variant, the baseline it is compared with)
+
+
+def differences(design: bench_design.Design, values: pd.DataFrame, column: str, keys: list[str],
+                pairs: Pairs | None = None) -> pd.DataFrame:
+    """Per pair (default: the main table's paired variants and the reference) and per ``keys`` group: the mean
+    per-seed difference of ``column`` to the baseline and its interval. ``values`` has one row per variant, seed
+    and ``keys``."""
     rows = []
-    for variant in design.paired:
-        seeds = design.paired_seeds(variant)
+    for variant, baseline in design.main_pairs if pairs is None else pairs:
+        seeds = design.paired_seeds(variant, baseline)
         mine = values[(values["variant"] == variant) & values["seed"].isin(seeds)]
-        ref = values[(values["variant"] == design.reference) & values["seed"].isin(seeds)]
+        ref = values[(values["variant"] == baseline) & values["seed"].isin(seeds)]
         joined = mine.merge(ref, on=["seed", *keys], suffixes=("", "_ref"))
         for group, part in joined.groupby(keys, sort=False):
             diffs = (part[column] - part[f"{column}_ref"]).to_numpy()
             mean, low, high = interval(diffs)
-            rows.append({"variant": variant, **dict(zip(keys, group)),
+            rows.append({"variant": variant, "baseline": baseline, **dict(zip(keys, group)),
                          "seeds": len(diffs), "mean": mean, "low": low, "high": high, "verdict": verdict(low, high),
                          "per_seed": " ".join(f"{d:+.3f}" for d in diffs)})
     return pd.DataFrame(rows)
@@ -84,12 +90,13 @@ def diagnostics(classes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def costs(design: bench_design.Design, cfg: dict, runs: Path) -> pd.DataFrame:
-    """Per run of the reference and the paired variants: the training step time (s) and the train job's
-    peak resident memory (MB). Raises WsssError naming a missing or unreadable file."""
+def costs(design: bench_design.Design, cfg: dict, runs: Path, pairs: Pairs | None = None) -> pd.DataFrame:
+    """Per run of every variant of the pairs (default: the reference and the paired variants): the training step
+    time (s) and the train job's peak resident memory (MB). Raises WsssError naming a missing or unreadable file."""
     rows = []
     batch = cfg["train"]["batch_size"]
-    for variant, seed in design.runs([design.reference, *design.paired]):
+    pairs = design.main_pairs if pairs is None else pairs
+    for variant, seed in design.runs(list(dict.fromkeys(name for pair in pairs for name in reversed(pair)))):
         folder = runs / variant / f"s{seed}"
         curve = for_config(cfg, folder).train_log("train")
         bench = folder / "benchmarks" / "train.tsv"
@@ -108,15 +115,15 @@ def costs(design: bench_design.Design, cfg: dict, runs: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def cost_ratios(design: bench_design.Design, cost: pd.DataFrame) -> pd.DataFrame:
-    """Per paired variant: the mean, lowest and highest per-seed ratio to the reference of step time and
-    peak memory, and the reference's own mean figures."""
+def cost_ratios(design: bench_design.Design, cost: pd.DataFrame, pairs: Pairs | None = None) -> pd.DataFrame:
+    """Per pair (default: the main table's): the mean, lowest and highest per-seed ratio to the baseline of step
+    time and peak memory, and the baseline's own mean figures."""
     rows = []
-    ref = cost[cost["variant"] == design.reference].set_index("seed")
-    for variant in design.paired:
+    for variant, baseline in design.main_pairs if pairs is None else pairs:
+        ref = cost[cost["variant"] == baseline].set_index("seed")
         mine = cost[cost["variant"] == variant].set_index("seed")
-        seeds = design.paired_seeds(variant)
-        row = {"variant": variant, "seeds": len(seeds)}
+        seeds = design.paired_seeds(variant, baseline)
+        row = {"variant": variant, "baseline": baseline, "seeds": len(seeds)}
         for column in ("step_s", "max_rss_mb"):
             ratio = mine.loc[seeds, column].to_numpy() / ref.loc[seeds, column].to_numpy()
             row.update({f"{column}_ref": float(ref.loc[seeds, column].mean()), f"{column}": float(mine.loc[seeds, column].mean()),
@@ -126,14 +133,15 @@ def cost_ratios(design: bench_design.Design, cost: pd.DataFrame) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def figure(design: bench_design.Design, paired_miou: pd.DataFrame, settings: list[tuple[str, bool, str]], path: Path) -> None:
-    """Per-seed mIoU differences to the reference (dots) with their mean and 95 % interval, per setting."""
+def figure(design: bench_design.Design, paired_miou: pd.DataFrame, settings: list[tuple[str, bool, str]], path: Path,
+           pairs: Pairs | None = None) -> None:
+    """Per-seed mIoU differences to the baseline (dots) with their mean and 95 % interval, per setting and pair."""
     from wsss.benchmark.report import pyplot, save_figure
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(design.paired), figsize=(3.2 * len(design.paired) + 1, 3.6), squeeze=False,
-                             sharey=True)
-    for ax, variant in zip(axes[0], design.paired):
+    pairs = design.main_pairs if pairs is None else pairs
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs) + 1, 3.6), squeeze=False, sharey=True)
+    for ax, (variant, baseline) in zip(axes[0], pairs):
         for i, (mode, crf, label) in enumerate(settings):
             row = _setting(paired_miou[paired_miou["variant"] == variant], mode, crf)
             dots = [float(d) for d in row["per_seed"].split()]
@@ -142,7 +150,7 @@ def figure(design: bench_design.Design, paired_miou: pd.DataFrame, settings: lis
             ax.errorbar([i + 0.15], [row["mean"]], yerr=err, fmt="o", color="C3", capsize=4, zorder=3)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(settings)), [s[2] for s in settings], rotation=30, ha="right", fontsize=7)
-        ax.set_title(f"{design.variants[variant].label} − {design.variants[design.reference].label}", fontsize=9)
+        ax.set_title(f"{design.variants[variant].label} − {design.variants[baseline].label}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel(f"mIoU difference\n(dots: seeds; mean, {CONFIDENCE:.0%} interval)")
     fig.tight_layout()
@@ -161,53 +169,70 @@ def _cell(row) -> str:
 
 
 def markdown(design: bench_design.Design, paired_miou: pd.DataFrame, diag: pd.DataFrame, ratios: pd.DataFrame,
-             settings: list[tuple[str, bool, str]]) -> list[str]:
-    """The report's section on the paired variants (the design has some): mIoU differences, the diagnostics,
-    the cost ratios."""
-    ref = design.variants[design.reference].label
-    lines = ["", f"## Plug-ins against {ref}, paired by seed", "",
-             f"Per-seed difference of mIoU to {ref} (same seed, same shared backbone): mean "
-             f"[{CONFIDENCE:.0%} interval, Student's t over the seeds]; the verdict is the interval's sign.", "",
+             settings: list[tuple[str, bool, str]], pairs: Pairs | None = None, figure_name: str = "paired.png",
+             level: str = "##") -> list[str]:
+    """The report's section on the pairs (default: the main table's paired variants against the reference):
+    mIoU differences, the diagnostics, the cost ratios. With several baselines each row names its own."""
+    pairs = design.main_pairs if pairs is None else pairs
+    baselines = list(dict.fromkeys(b for _, b in pairs))
+    label = {name: design.variants[name].label for name in design.variants}
+    if len(baselines) == 1:
+        against = label[baselines[0]]
+        title, row_name = f"Plug-ins against {against}, paired by seed", (lambda v, b: label[v])
+    else:
+        against = "its baseline"
+        title, row_name = "Each configuration against its baseline, paired by seed", (lambda v, b: f"{label[v]} − {label[b]}")
+    lines = ["", f"{level} {title}", "",
+             f"Per-seed difference of mIoU to {against} (same seed, same shared backbone where both start from one): "
+             f"mean [{CONFIDENCE:.0%} interval, Student's t over the seeds]; the verdict is the interval's sign.", "",
              "| configuration | seeds | " + " | ".join(s[2] for s in settings) + " |",
              "|---|---:|" + "---:|" * len(settings)]
-    for variant in design.paired:
-        part = paired_miou[paired_miou["variant"] == variant]
+
+    def part_of(frame: pd.DataFrame, variant: str, baseline: str) -> pd.DataFrame:
+        return frame[(frame["variant"] == variant) & (frame["baseline"] == baseline)]
+
+    for variant, baseline in pairs:
+        part = part_of(paired_miou, variant, baseline)
         cells = [f"{_cell(row)} ({row['verdict']})" for row in (_setting(part, m, c) for m, c, _ in settings)]
-        lines.append(f"| {design.variants[variant].label} | {int(part['seeds'].iloc[0])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_name(variant, baseline)} | {int(part['seeds'].iloc[0])} | " + " | ".join(cells) + " |")
     lines += ["", "Per-seed differences (mIoU, " + ", ".join(s[2] for s in settings) + "):", ""]
-    for variant in design.paired:
-        part = paired_miou[paired_miou["variant"] == variant]
-        per = "; ".join(f"{label}: {_setting(part, m, c)['per_seed']}" for m, c, label in settings)
-        lines.append(f"- {design.variants[variant].label}: {per}")
+    for variant, baseline in pairs:
+        part = part_of(paired_miou, variant, baseline)
+        per = "; ".join(f"{name}: {_setting(part, m, c)['per_seed']}" for m, c, name in settings)
+        lines.append(f"- {row_name(variant, baseline)}: {per}")
     picked = list(dict.fromkeys([settings[0], settings[-1]]))  # the first and the last setting
-    lines += ["", f"What moved (paired differences to {ref}; foreground = the non-background classes):", "",
+    lines += ["", f"What moved (paired differences to {against}; foreground = the non-background classes):", "",
               "| configuration | measure | " + " | ".join(s[2] for s in picked) + " |", "|---|---|" + "---:|" * len(picked)]
-    for variant in design.paired:
-        for measure, label in DIAGNOSTICS.items():
-            part = diag[(diag["variant"] == variant) & (diag["measure"] == measure)]
+    for variant, baseline in pairs:
+        for measure, name in DIAGNOSTICS.items():
+            part = part_of(diag[diag["measure"] == measure], variant, baseline)
             cells = [_cell(_setting(part, m, c)) for m, c, _ in picked]
-            lines.append(f"| {design.variants[variant].label} | {label} | " + " | ".join(cells) + " |")
-    lines += ["", f"Training cost against {ref}, measured in this benchmark (per-seed ratio: mean, lowest–highest; "
+            lines.append(f"| {row_name(variant, baseline)} | {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Training cost against {against}, measured in this benchmark (per-seed ratio: mean, lowest–highest; "
               "step time = median seconds per training step of the segmentation epochs, one thread, two jobs "
               "sharing two cores; memory = the train job's peak resident set):", "",
-              "| configuration | step (s) | × " + ref + " | peak RSS (MB) | × " + ref + " |", "|---|---:|---:|---:|---:|"]
-    first = ratios.iloc[0]
-    lines.append(f"| {ref} | {first['step_s_ref']:.3f} | 1 | {first['max_rss_mb_ref']:.0f} | 1 |")
+              "| configuration | step (s) | × " + against + " | peak RSS (MB) | × " + against + " |",
+              "|---|---:|---:|---:|---:|"]
+    shown = set()
     for _, row in ratios.iterrows():
-        lines.append(f"| {design.variants[row['variant']].label} | {row['step_s']:.3f} | {row['step_s_ratio']:.2f} "
+        if row["baseline"] not in shown:
+            shown.add(row["baseline"])
+            lines.append(f"| {label[row['baseline']]} | {row['step_s_ref']:.3f} | 1 | {row['max_rss_mb_ref']:.0f} | 1 |")
+        lines.append(f"| {row_name(row['variant'], row['baseline'])} | {row['step_s']:.3f} | {row['step_s_ratio']:.2f} "
                      f"({row['step_s_ratio_min']:.2f}–{row['step_s_ratio_max']:.2f}) | {row['max_rss_mb']:.0f} | "
                      f"{row['max_rss_mb_ratio']:.2f} ({row['max_rss_mb_ratio_min']:.2f}–{row['max_rss_mb_ratio_max']:.2f}) |")
-    lines += ["", "![paired differences](paired.png)"]
+    lines += ["", f"![paired differences]({figure_name})"]
     return lines
 
 
-def tables(design: bench_design.Design, run_rows: pd.DataFrame, classes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(paired mIoU differences per variant, mode and CRF; paired diagnostic differences, with a ``measure`` column)."""
-    paired_miou = differences(design, run_rows, "miou", ["mode", "crf"])
+def tables(design: bench_design.Design, run_rows: pd.DataFrame, classes: pd.DataFrame,
+           pairs: Pairs | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(paired mIoU differences per pair, mode and CRF; paired diagnostic differences, with a ``measure`` column)."""
+    paired_miou = differences(design, run_rows, "miou", ["mode", "crf"], pairs)
     diag = diagnostics(classes)
     parts = []
     for measure in DIAGNOSTICS:
-        part = differences(design, diag, measure, ["mode", "crf"])
-        part.insert(1, "measure", measure)
+        part = differences(design, diag, measure, ["mode", "crf"], pairs)
+        part.insert(2, "measure", measure)
         parts.append(part)
     return paired_miou, pd.concat(parts, ignore_index=True)

@@ -84,25 +84,26 @@ def summarise(runs: pd.DataFrame, metrics: tuple[str, ...] = ("miou", "pixel_acc
     return grouped.agg(**stats, seeds=("seed", "nunique")).reset_index()
 
 
-def param_counts(design: bench_design.Design, params_files: list[str]) -> dict[str, tuple[float, float]]:
-    """Trainable parameters per variant, its plug-ins' heads included: at the benchmark's size (thousands) and at
-    VOC size (WR38, millions)."""
+def param_counts(design: bench_design.Design, params_files: list[str], variants: list[str] | None = None,
+                 voc: bool = True) -> dict[str, tuple[float, float]]:
+    """Trainable parameters per variant (default: the main table's), its plug-ins' heads included: at the
+    benchmark's size (thousands) and, with ``voc``, at VOC size (WR38, millions; else nan)."""
     import torch
 
     from wsss.model.network import build_model
     from wsss.plugins import build_plugins
 
     counts = {}
-    for name in design.variants:
+    for name in variants or design.ladder:
         sizes = []
         # at VOC size under the design's short schedule, which validates none of its epochs: `last` keeps it valid
-        for extra in ([], ["data.name=voc", "train.select=last"]):
+        for extra in ([], ["data.name=voc", "train.select=last"]) if voc else ([],):
             cfg = bench_design.params.load(params_files, design.overrides(name) + extra)
             with torch.device("meta"):
                 model = build_model(cfg, load_weights=False)
                 plugins = build_plugins(cfg, model)
             sizes.append(sum(p.numel() for m in (model, plugins) for p in m.parameters() if p.requires_grad))
-        counts[name] = (sizes[0] / 1e3, sizes[1] / 1e6)
+        counts[name] = (sizes[0] / 1e3, sizes[1] / 1e6 if voc else float("nan"))
     return counts
 
 
@@ -122,14 +123,14 @@ def checks(design: bench_design.Design, summary: pd.DataFrame) -> list[tuple[str
     """The paper's orderings on the means over seeds: (claim, holds, the numbers)."""
     out = []
     settings = _settings(design)
-    ladder = [v for v in ("cam", "ssss", design.reference) if v in design.variants]
+    ladder = [v for v in ("cam", "ssss", design.reference) if v in design.ladder]
     for mode, crf, label in settings:
         values = [summary_value(summary, v, mode, crf) for v in ladder]
         holds = all(a <= b for a, b in zip(values, values[1:]))
         chain = " ≤ ".join(f"{design.variants[v].label} {x:.3f}" for v, x in zip(ladder, values))
         out.append((f"{' ≥ '.join(design.variants[v].label for v in reversed(ladder))} ({label})", holds, chain))
     modes = list(design.modes)
-    weak = [v for v, spec in design.variants.items() if spec.trainer == "weak"]
+    weak = [v for v in design.ladder if design.variants[v].trainer == "weak"]
     if len(modes) >= 2:
         first, last = modes[0], modes[-1]
         for crf in (False, True):
@@ -157,8 +158,9 @@ def job_time(design: bench_design.Design, runs: Path) -> tuple[float, int]:
     table's inference modes, not the probes nor the second stage's runs. File times are not used: a copy or checkout resets them."""
     total, jobs = 0.0, 0
     for tsv in runs.glob("*/s*/benchmarks/*.tsv"):
-        if tsv.relative_to(runs).parts[0] not in (*design.variants, bench_design.BACKBONE_NAME):  # the second stage's
-            continue
+        folder = tsv.relative_to(runs).parts[0]
+        if folder not in (*design.ladder, *{design.variant_backbone(v) for v in design.ladder}):  # the second stage's,
+            continue                                                                               # the plug-in report's
         if any(tsv.stem.startswith(f"{probe}_") for probe in design.probes):  # <probe>_<stage>.tsv
             continue
         try:
@@ -172,7 +174,7 @@ def job_time(design: bench_design.Design, runs: Path) -> tuple[float, int]:
 def figure_miou(design: bench_design.Design, summary: pd.DataFrame, path: Path) -> None:
     plt = pyplot()
     settings = _settings(design)
-    variants = list(design.variants)
+    variants = design.ladder
     fig, ax = plt.subplots(figsize=(1.6 * len(variants) + 2, 4.2))
     width = 0.8 / len(settings)
     colors = plt.cm.tab20(np.linspace(0, 1, 20))[: len(settings)]
@@ -292,7 +294,8 @@ def markdown(design: bench_design.Design, cfg: dict, summary: pd.DataFrame, coun
                   "| configuration | params (benchmark size, K) | params (VOC size, M) | seeds | "
                   + " | ".join(s[2] for s in settings) + " |",
                   "|---|---:|---:|---:|" + "---:|" * len(settings)]
-        for variant, spec in design.variants.items():
+        for variant in design.ladder:
+            spec = design.variants[variant]
             cells = [summary_cell(summary, variant, m, c, column) for m, c, _ in settings]
             toy, voc = counts[variant]
             lines.append(f"| {spec.label} | {toy:.1f} | {voc:.2f} | {len(spec.seeds)} | " + " | ".join(cells) + " |")
