@@ -25,4 +25,4 @@ run: $(VENV)/.installed
 	PATH="$(BIN):$$PATH" snakemake --cores $(CORES) results/toy_val_miou.csv
 
 test: $(VENV)/.installed
-	PATH="$(BIN):$$PATH" pytest -q
+	PATH="$(BIN):$$PATH" pytest -q --durations=25   # the slowest tests last: what CI's time goes to

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from wsss import config
 from wsss.errors import WsssError
 from wsss.model.acr_cam import ACRLocaliser, localise
+from wsss.model.layers import resize_to
 from wsss.model.network import build_model
 from wsss.plugins import PluginSet, Step, build_plugins, check_plugins
 from wsss.plugins.acr import acr_terms, unflip_attention, unflip_order
@@ -25,6 +26,19 @@ def test_unflip_order_maps_each_token_to_its_mirror_and_keeps_the_class_token():
     assert unflip_order(2, 3).tolist() == [0, 3, 2, 1, 6, 5, 4]
     order = unflip_order(3, 4)
     assert torch.equal(order[order], torch.arange(13))  # its own inverse
+    assert unflip_order(1, 3, prefix=2).tolist() == [0, 1, 4, 3, 2]  # two prefix tokens stay in place
+
+
+def test_unflipping_and_the_terms_keep_every_prefix_token_in_place():
+    g = torch.Generator().manual_seed(3)
+    attention = torch.rand(1, 2, 5, 5, generator=g)  # two prefix tokens, a 1 x 3 grid
+    order = [0, 1, 4, 3, 2]
+    assert torch.equal(unflip_attention(attention, 1, 3, prefix=2), attention[..., order, :][..., :, order])
+    a = torch.rand(1, 2, 5, 5, generator=g)
+    cls_term, aff_term = acr_terms([a], [attention], (1, 3), prefix=2)
+    b = attention.mean(1)[:, order][:, :, order]
+    assert torch.isclose(cls_term, (a.mean(1)[:, 0, 2:] - b[:, 0, 2:]).abs().mean())
+    assert torch.isclose(aff_term, (a.mean(1)[:, 2:, 2:] - b[:, 2:, 2:]).abs().mean())
 
 
 def toy_attention(tokens: torch.Tensor) -> torch.Tensor:
@@ -98,8 +112,9 @@ def test_acr_on_the_toy_vit_gives_finite_terms_with_gradients(vit_cfg, one_threa
     model = build_model(vit_cfg, load_weights=False)
     plugins = build_plugins(vit_cfg, model)
     images = torch.randn(2, 3, 32, 48)
-    views = plugins.extra_views(images, images)
-    assert torch.equal(views["flip"][0], images.flip(-1))
+    raw = torch.rand(2, 3, 32, 48)
+    views = plugins.extra_views(images, raw)
+    assert torch.equal(views["flip"][0], images.flip(-1)) and torch.equal(views["flip"][1], raw.flip(-1))
     outputs = {"crop": model(images), "flip": model(views["flip"][0])}
     labels = torch.tensor([[1.0] + [0.0] * 9, [0.0, 1.0] + [0.0] * 8])
     terms = plugins.losses(Step(0, False, images, images, labels, outputs, views))
@@ -112,7 +127,9 @@ def test_acr_on_the_toy_vit_gives_finite_terms_with_gradients(vit_cfg, one_threa
 
 def test_acr_on_a_cnn_is_refused_naming_the_key_and_the_analogue():
     cfg = config.load([REPO / "params.yaml"], ["plugins.acr.enabled=true"])
-    with pytest.raises(WsssError, match=r"key 'plugins.acr.enabled': ACR needs a transformer's attention.*not 'small'.*flip_affinity"):
+    with pytest.raises(WsssError, match=r"key 'plugins.acr.enabled': ACR needs a transformer's attention, model.backbone "
+                                        r"one of vit_toy, vit_b16, vit_hybrid, not 'small' \(on a CNN, "
+                                        r"plugins.flip_affinity is the flip-consistency analogue\)$"):
         check_plugins(cfg)
 
 
@@ -128,7 +145,8 @@ def test_the_localiser_gives_masks_of_the_network_s_size_from_the_attention(vit_
     assert torch.all(fg >= 0) and torch.all(fg <= 1 + 1e-5)
     assert torch.allclose(out["masks"][:, 0], 1 - fg.amax(1))
     cnn = build_model(config.load([REPO / "params.yaml"]), load_weights=False)
-    with pytest.raises(WsssError, match="key 'infer.localisation': acr needs a ViT backbone"):
+    with pytest.raises(WsssError, match=r"^key 'infer.localisation': acr needs a ViT backbone \(model.backbone vit_toy, "
+                                        r"vit_b16 or vit_hybrid\), whose attention it reads$"):
         ACRLocaliser(cnn, 2, True)
     with pytest.raises(WsssError, match="key 'infer.acr_blocks': 7 blocks, the backbone has 6"):
         ACRLocaliser(model, 7, True)
@@ -155,3 +173,18 @@ def test_flip_affinity_is_zero_for_a_flip_equivariant_map_and_trains_on_a_cnn(on
     theirs = affinity(outputs["flip"]["features"]["deep"].flip(-1))
     assert torch.allclose(terms["flip_affinity.affinity"][0], (mine - theirs).abs().mean())
     assert F.relu(mine).equal(mine)
+
+
+@pytest.mark.parametrize("use_affinity", [True, False])
+def test_the_localiser_is_localise_on_the_network_s_attention(vit_cfg, one_thread, use_affinity):
+    torch.manual_seed(0)
+    model = build_model(vit_cfg, load_weights=False).eval()
+    x = torch.randn(1, 3, 32, 40)
+    out = ACRLocaliser(model, 2, use_affinity)(x)
+    with torch.enable_grad():
+        own = model(x)
+        maps = localise(own["cls"].float(), own["features"]["attentions"], (4, 5), 2, use_affinity)
+    fg = resize_to(maps.detach(), tuple(own["masks"].shape[2:]))
+    assert torch.allclose(out["masks"][:, 1:], fg, atol=1e-5)
+    other = ACRLocaliser(model, 1 if use_affinity else 3, not use_affinity)(x)
+    assert not torch.allclose(other["masks"], out["masks"], atol=1e-3)  # the blocks and the affinity are used

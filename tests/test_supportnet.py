@@ -18,7 +18,7 @@ from wsss.model.optim import build_optimizer
 from wsss.plugins import PluginSet, Step, build_plugins
 from wsss.model.layers import resize_to
 from wsss.plugins.rtc import rtc_cam
-from wsss.plugins.supportnet import fused_target, mam_loss, rcm_loss, region_prototypes, regions
+from wsss.plugins.supportnet import SupportNet, fused_target, mam_loss, rcm_loss, region_prototypes, regions
 from wsss.plugins.teacher import EMATeacher
 
 from pathlib import Path
@@ -56,12 +56,22 @@ def test_the_teacher_stays_in_evaluation_mode_and_gives_no_gradient():
 
 @pytest.mark.parametrize("momentum", [0.0, 1.0, 1.5, -0.1])
 def test_a_momentum_outside_zero_one_is_refused(momentum):
-    with pytest.raises(WsssError, match="must lie strictly between 0 and 1"):
+    with pytest.raises(WsssError, match=f"key 'momentum': teacher momentum {momentum} must lie strictly between 0 and 1"):
         EMATeacher(nn.Linear(1, 1), momentum)
     raw = config.load_raw([REPO / "params.yaml"])
     raw["plugins"]["supportnet"]["momentum"] = momentum
     with pytest.raises(config.ParamsError, match="key 'plugins.supportnet.momentum'"):
         config.resolve(raw)
+
+
+def test_the_plugin_s_own_check_names_its_keys():
+    cfg = config.load([REPO / "params.yaml"], ["plugins.supportnet.enabled=true"])
+    cfg["plugins"]["supportnet"]["momentum"] = 1.0  # past the schema, as a hand-made configuration would be
+    with pytest.raises(WsssError, match="key 'plugins.supportnet.momentum': teacher momentum 1.0 must lie"):
+        SupportNet.check(cfg)
+    cfg["plugins"]["supportnet"].update(momentum=0.99, mam_scales=[])
+    with pytest.raises(WsssError, match="^key 'plugins.supportnet.mam_scales': at least one scale$"):
+        SupportNet.check(cfg)
 
 
 # ------------------------------------------------------------------ RCM and MAM by hand
@@ -80,6 +90,8 @@ def test_prototypes_are_normalised_means_over_each_region_of_the_batch():
     assert classes.tolist() == [0, 2]
     assert torch.allclose(protos[0], torch.tensor([1.0, 0.0]))  # mean of (1, 0) and (3, 0)
     assert torch.allclose(protos[1], F.normalize(torch.tensor([0.5, 2.0]), dim=0))  # mean of (0, 2) and (1, 2)
+    classes, protos = region_prototypes(features, torch.full_like(region, -1))  # no region anywhere
+    assert classes.tolist() == [] and protos.shape == (0, 2)
 
 
 def test_rcm_is_the_infonce_of_each_region_pixel_against_the_prototypes():
@@ -112,6 +124,8 @@ def test_mam_weights_each_pixel_by_the_dissimilarity_of_the_class_vectors():
     # S (1, 1) against T (1, 0): weight 1 - 1/sqrt(2), |S - T| = 0 + 1 (not |S + T| = 2 + 1)
     s, t = torch.tensor([[[[1.0]], [[1.0]]]]), torch.tensor([[[[1.0]], [[0.0]]]])
     assert torch.allclose(mam_loss(s, t), torch.tensor((1 - 2 ** -0.5) * 1.0 / 2))
+    # vectors shorter than 1: the cosine is still the cosine (eps only guards a zero vector)
+    assert torch.allclose(mam_loss(0.3 * s, 0.3 * t), torch.tensor((1 - 2 ** -0.5) * 0.3 / 2))
     s = student.clone().requires_grad_(True)
     mam_loss(s, target).backward()
     assert s.grad[0, :, 0, 1].abs().max() < 1e-6 and s.grad[0, 0, 0, 0] > 0  # pulled toward the target
@@ -203,3 +217,32 @@ def test_the_terms_are_rcm_and_mam_of_the_teacher_s_views_and_the_normalised_pro
                               for o in teacher_out]).mean(0)
         assert torch.allclose(terms["rcm"][0], rcm_loss(student, teacher, region, 0.1), atol=1e-5)
         assert torch.allclose(terms["mam"][0], mam_loss(mine, target), atol=1e-6)
+
+
+class ViewRecorder(nn.Module):
+    """A stand-in teacher: records each view's size and answers masks that say which view it was."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.classes, self.sizes = classes, []
+
+    def forward(self, x):
+        self.sizes.append(tuple(x.shape[2:]))
+        masks = torch.full((x.shape[0], self.classes, *x.shape[2:]), float(len(self.sizes)))
+        return {"masks": masks, "features": {"deep": x}}
+
+
+@pytest.mark.parametrize("scales, sizes, crop_call", [
+    ([0.01, 1.0], [(1, 1), (42, 40)], 2),  # a view never shrinks below one pixel
+    ([0.5, 1.5], [(21, 20), (63, 60), (42, 40)], 3),  # no scale 1: the crop's own run is made after the views
+])
+def test_the_teacher_s_views_and_its_run_on_the_crop(one_thread, scales, sizes, crop_call):
+    cfg = config.load([REPO / "params.yaml"], ["plugins.supportnet.enabled=true",
+                                                f"plugins.supportnet.mam_scales={scales}"])
+    plugin = build_plugins(cfg, build_model(cfg, load_weights=False)).plugins["supportnet"]
+    plugin.teacher = ViewRecorder(config.num_classes(cfg))
+    images = torch.randn(2, 3, 42, 40)
+    cams, crop = plugin.teacher_cams(images, torch.ones(2, config.num_classes(cfg) - 1))
+    assert plugin.teacher.sizes == sizes and len(cams) == len(scales)
+    assert [tuple(c.shape[2:]) for c in cams] == sizes[:len(scales)]
+    assert crop["features"]["deep"] is images and crop["masks"][0, 0, 0, 0].item() == crop_call
