@@ -95,7 +95,7 @@ def test_the_committed_design_resolves_for_every_run():
     ({"plugins": {"wsfcn": {"baseline": "cam"}}}, r"key 'plugins.wsfcn': 'wsfcn' is already a variant"),
     ({"plugins": {"x": {"backbone": "vitt", "baseline": "wsfcn"}}}, r"key 'plugins.x.backbone': 'vitt' is not in 'backbones' \(vit\)"),
     ({"plugins": {"x": {"seeds": [0], "baseline": "wsfcn"}}}, r"'plugins.x.baseline': 'x' shares 1 seed\(s\) with 'wsfcn'"),
-    ({"plugins": {"x": {"params": {"plugins.acr.enabled": True}, "baseline": "wsfcn"}}}, r"variant 'x'.*plugins.acr.enabled"),
+    ({"plugins": {"x": {"params": {"plugins.acr.enabled": 1}, "baseline": "wsfcn"}}}, r"variant 'x'.*plugins.acr.enabled"),
     ({"plugins": {"backbone_vit": {"baseline": "wsfcn"}}}, "taken by the benchmark's own runs"),
     ({"backbones": {"vit": {"params": {"model.backbone": "vit_huge"}}}}, r"backbones.vit: .*model.backbone"),
     ({"backbones": {"v t": {}}}, r"key 'backbones.v t': a name must be"),
