@@ -26,12 +26,22 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from test_engines import BIN, REPO, SINGLE_STAGE, make_copy
+from test_engines import BIN, REPO, SINGLE_STAGE, make_copy, set_param
 from test_engines import env as engine_env
 
 SLURM_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 LOCAL_PROFILE = REPO / "profiles" / "local" / "config.yaml"
 TOY_TARGET = "results/toy_val_miou.csv"
+SMALLER = {"data.toy.n_train": 16, "data.toy.n_val": 4}  # the reduced DAG on fewer images: run twice here
+
+
+def small_copy(dest: Path) -> Path:
+    """The reduced repository copy on fewer images (the same stages and resources), committed."""
+    repo = make_copy(dest)
+    for key, value in SMALLER.items():
+        set_param(repo / "params.yaml", key, value)
+    subprocess.run(["git", "commit", "-qam", "fewer images"], cwd=repo, check=True)
+    return repo
 VOC_TARGET = "results/voc_val_miou.csv"
 # SLURM's default MinJobAge: how long slurmctld, hence squeue, keeps a finished job
 DEFAULT_MIN_JOB_AGE_S = 300
@@ -411,7 +421,7 @@ def test_toy_dag_through_slurm_gives_the_local_result(slurm, tmp_path):
     """The reduced toy DAG with profiles/slurm: every stage one SLURM job with its rule's CPUs, memory
     and time limit, each with its SLURM log, and the same metrics as the DAG run with profiles/local."""
     cores = str(slurm.cpus)  # the node's CPUs: the threaded stages ask for min(cores, max-threads) of them
-    repo = make_copy(tmp_path / "slurm")
+    repo = small_copy(tmp_path / "slurm")
     plan = run([str(BIN / "snakemake"), "--profile", "profiles/slurm", "--cores", cores, "--dry-run", TOY_TARGET], repo)
     assert plan.returncode == 0, plan.stderr[-3000:]
     planned = {job["rule"]: job for job in planned_jobs(plan.stdout)}
@@ -442,7 +452,7 @@ def test_toy_dag_through_slurm_gives_the_local_result(slurm, tmp_path):
         assert f"rule {rule}:" in text and "--executor slurm-jobstep" in text, text[-2000:]
     assert sorted(re.match(r"rule_(\w+?)_wildcards_", j["comment"]).group(1) for j in jobs.values()) == sorted(SINGLE_STAGE)
 
-    local = make_copy(tmp_path / "local")
+    local = small_copy(tmp_path / "local")
     proc = run([str(BIN / "snakemake"), "--profile", "profiles/local", "--cores", cores, TOY_TARGET], local,
                {"OMP_NUM_THREADS": "1"}, timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
