@@ -150,7 +150,7 @@ def test_the_teacher_and_transformer_plugins_run_on_request_each_from_its_own_ba
     support, vit, acr = (design.config(PARAMS, v, "ms", 2) for v in ("supportnet", "vit", "acr"))
     assert support["plugins"]["supportnet"]["enabled"] and support["model"]["weights"] == design.backbone_checkpoint(2)
     assert vit["model"]["weights"] == acr["model"]["weights"] == design.backbone_checkpoint(2, folder="backbone_vit")
-    assert (acr["plugins"]["acr"]["enabled"], acr["infer"]["localisation"]) == (True, "acr")
+    assert (acr["plugins"]["acr"]["enabled"], acr["infer"]["localisation"]) == (True, "head"), "scored as its baseline"
     assert (vit["plugins"]["acr"]["enabled"], vit["infer"]["localisation"]) == (False, "head")
     ref = design.config(PARAMS, "wsfcn", "ms", 2)
     for section in ("train", "crf", "data"):
