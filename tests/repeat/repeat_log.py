@@ -1,13 +1,21 @@
 """A pytest plug-in that appends one JSON line per test run to the file ``$WSSS_REPEAT_LOG``.
 
 Loaded by ``tests/repeat/run.py`` (``-p repeat_log``); not used by the suite itself. Each line is
-``{"test": <node id without pytest-repeat's suffix>, "outcome": "passed" | "failed" | "skipped",
-"seconds": <setup + call + teardown>, "message": <the failure's last line, failures only>}``.
-A line is written when the test's teardown ends, so a run stopped at its budget keeps every
-finished test. When ``$WSSS_REPEAT_DEADLINE`` (seconds since the epoch) has passed, the session stops
-after the test that is running. ``$WSSS_REPEAT_SELECT`` names a JSON list of node ids (as a plain
-run names them): only those tests run, in that order (pytest-repeat renames a parametrised test's
-id, so the command line names the test functions and this list the cases).
+``{"test": <node id of a plain run>, "id": <the run's own node id>, "outcome": "passed" | "failed" |
+"skipped", "seconds": <setup + call + teardown>, "message": <the failure's message, failures only>}``.
+pytest-repeat names run ``k`` of ``n`` ``test[k-n]`` (``test[a-k-n]`` for a parametrised case), and
+the suite's ``seeded_rngs`` fixture seeds from that id, so ``pytest --count n '<id>'`` re-runs a
+logged run with its inputs.
+
+- A line is written when the test's teardown ends, so a session stopped early keeps every finished
+  run. While a test runs, its ids (``test`` and ``id``, as JSON) are in the file
+  ``$WSSS_REPEAT_RUNNING``, emptied when it ends: a process that dies or is killed leaves there the
+  test it was in.
+- When ``$WSSS_REPEAT_DEADLINE`` (seconds since the epoch) has passed, the session stops after the
+  test that is running.
+- ``$WSSS_REPEAT_SELECT`` names a JSON object {node id of a plain run: first step}: only those tests
+  run, in that order, and of a repeated test only the runs from that step on (1 is the first run;
+  the command line names the test functions, since pytest-repeat renames a parametrised case).
 """
 
 from __future__ import annotations
@@ -19,6 +27,13 @@ import time
 import pytest
 
 _PARTS: dict[str, list] = {}
+_STEP = "__pytest_repeat_step_number"
+
+
+def step(item: pytest.Item) -> int:
+    """The run's number under pytest-repeat, from 1 (1 without pytest-repeat)."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params[_STEP] + 1 if callspec is not None and _STEP in callspec.params else 1
 
 
 def base_id(item: pytest.Item) -> str:
@@ -26,9 +41,9 @@ def base_id(item: pytest.Item) -> str:
     brackets (``t[1-100]``, ``t[a-1-100]``), which is removed here."""
     nodeid = item.nodeid
     callspec = getattr(item, "callspec", None)
-    if callspec is None or "__pytest_repeat_step_number" not in callspec.params:
+    if callspec is None or _STEP not in callspec.params:
         return nodeid
-    suffix = f"{callspec.params['__pytest_repeat_step_number'] + 1}-{item.config.option.count}]"
+    suffix = f"{step(item)}-{item.config.option.count}]"
     if nodeid.endswith("[" + suffix):
         return nodeid[: -len(suffix) - 1]
     if nodeid.endswith("-" + suffix):
@@ -40,10 +55,18 @@ def pytest_collection_modifyitems(config, items):
     if "WSSS_REPEAT_SELECT" not in os.environ:
         return
     with open(os.environ["WSSS_REPEAT_SELECT"], encoding="utf-8") as f:
-        order = {test: i for i, test in enumerate(json.load(f))}
-    kept = [item for item in items if base_id(item) in order]
-    config.hook.pytest_deselected(items=[item for item in items if base_id(item) not in order])
+        first = json.load(f)
+    order = {test: i for i, test in enumerate(first)}
+    kept = [item for item in items if base_id(item) in first and step(item) >= first[base_id(item)]]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = sorted(kept, key=lambda item: order[base_id(item)])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    if "WSSS_REPEAT_RUNNING" in os.environ:
+        with open(os.environ["WSSS_REPEAT_RUNNING"], "w", encoding="utf-8") as f:
+            json.dump({"test": base_id(item), "id": item.nodeid}, f)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -61,10 +84,12 @@ def pytest_runtest_makereport(item, call):
         parts[1] = "skipped"
     if call.when == "teardown":
         test, result, seconds, message = _PARTS.pop(item.nodeid)
-        line = {"test": test, "outcome": result, "seconds": round(seconds, 3)}
+        line = {"test": test, "id": item.nodeid, "outcome": result, "seconds": round(seconds, 3)}
         if message:
             line["message"] = message
         with open(os.environ["WSSS_REPEAT_LOG"], "a", encoding="utf-8") as log:
             log.write(json.dumps(line) + "\n")
+        if "WSSS_REPEAT_RUNNING" in os.environ:
+            open(os.environ["WSSS_REPEAT_RUNNING"], "w").close()
         if time.time() > float(os.environ.get("WSSS_REPEAT_DEADLINE", "inf")):
             item.session.shouldstop = "the repeat run's budget is spent"

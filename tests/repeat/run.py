@@ -3,24 +3,31 @@
 Usage (from the repository root, in the project's virtual environment with ``pip install -e ".[mutation]"``,
 which brings pytest-repeat):
 
-    python tests/repeat/run.py                                  # the non-slow suite, 100 runs each, 120 min
+    python tests/repeat/run.py --jobs 2                         # the non-slow suite, 100 runs each, 120 min
     python tests/repeat/run.py --budget 30 tests/test_infer_crf.py
-    python tests/repeat/run.py --jobs 2                         # two pytest processes of one thread each
+    python tests/repeat/run.py --count 10 -- -k crf              # pytest's own options after --
     python tests/repeat/run.py --report-only
 
-Not a pytest test and not part of CI. Every test first runs once, which measures it; then the tests
-run the rest of their count with pytest-repeat, the cheapest first. pytest-repeat names the runs
-``test[1-99]`` ... ``test[99-99]``, so the seed the suite's ``seeded_rngs`` fixture derives from the
-node id differs in every run: a test's random inputs are drawn anew each time, as they were in an
-unseeded suite. Every finished run is appended to ``results/repeat/log.jsonl`` (plug-in
-``tests/repeat/repeat_log.py``), so a run stopped at its budget is continued by running again, as
-long as the code is the same: the log is keyed on a digest of the package, the tests and the
-configuration, and a different digest starts a new log (the old one is kept as ``log.<digest>.jsonl``).
+Not a pytest test and not part of CI. The positional arguments are pytest's, and only select the
+tests (default ``-m "not slow"``; a selection given replaces it). Every test first runs once, which
+measures it; then the tests run the rest of their count with pytest-repeat, the cheapest first, in
+``--jobs`` pytest processes (one thread each when there are several). Run ``k`` of a test is
+pytest-repeat's ``test[k-<count>]``, so the suite's ``seeded_rngs`` fixture, which seeds from the
+node id, gives every run a seed of its own: inputs drawn from the global generators differ in each
+run (inputs a test draws from a generator of its own, seeded by a constant, do not: for such a test
+the runs check that its result does not vary from run to run).
 
-A test is done when its last ``--count`` runs passed. The report (printed, and written to
-``results/repeat/report.md``) gives the tests done, those still short of the count, and every
-failure with its message. Exit status: 1 when a run failed, else 0 (also when the budget ran out
-first: run again to continue).
+Every finished run is appended to ``results/repeat/log.<digest>.jsonl`` (plug-in
+``tests/repeat/repeat_log.py``), where the digest covers the package, the tests and the
+configuration (not ``tests/repeat``). A run stopped at its budget is continued by running again on
+the same code; other code has a log of its own. Run one at a time.
+
+A test is done when it passed ``--count`` runs in a row. A test whose run failed, crashed its pytest
+process, or was still running ``GRACE_S`` after the budget is not run again; a test that skips is not
+repeated. The report (printed, and written to ``results/repeat/report.md``) gives the tests done,
+every failure with its message and the id that re-runs it, the skipped tests and those still short
+of the count. Exit status: 1 when a run failed, 3 when the budget ran out first (run again to
+continue), else 0.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,13 +46,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "results" / "repeat"
 CODE = ["wsss", "tests", "params.yaml", "pyproject.toml", "workflow", "Snakefile", "dvc.yaml"]
-GRACE_S = 600  # a test still running this long after the deadline is killed (its run is not counted)
+GRACE_S = 600  # a test still running this long after the budget is killed, and reported as failed
 
 
 def code_digest() -> str:
     """SHA-256 (first 12 hex digits) of every tracked or untracked, not ignored file the tests run."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", *CODE], cwd=ROOT,
-                           check=True, capture_output=True, text=True).stdout.split()
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", *CODE, ":!tests/repeat"],
+                           cwd=ROOT, check=True, capture_output=True, text=True).stdout.split()
     digest = hashlib.sha256()
     for name in sorted(files):
         path = ROOT / name
@@ -67,59 +75,78 @@ def read_log(log: Path) -> dict[str, list[dict]]:
     """Test id -> its runs in order, from the log (a line cut short by a kill is skipped)."""
     runs: dict[str, list[dict]] = defaultdict(list)
     if log.exists():
-        for line in log.read_text(encoding="utf-8").splitlines()[1:]:
+        for line in log.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            runs[entry["test"]].append(entry)
+            if "test" in entry:
+                runs[entry["test"]].append(entry)
     return runs
 
 
 def streak(entries: list[dict]) -> int:
-    """Runs passed (or skipped) in a row at the end of a test's runs."""
+    """Runs passed in a row at the end of a test's runs."""
     n = 0
     for entry in reversed(entries):
-        if entry["outcome"] == "failed":
+        if entry["outcome"] != "passed":
             break
         n += 1
     return n
 
 
-def run_pytest(ids: list[str], count: int, jobs: int, log: Path, deadline: float) -> None:
-    """The tests ``ids`` ``count`` times each (pytest-repeat when above 1), in ``jobs`` processes of
-    one thread each (``ids`` dealt out in turn), each stopping after the test running at ``deadline``."""
+def settled(entries: list[dict]) -> bool:
+    """Not to be run again: a run failed (or crashed or hung), or the test skips."""
+    return any(e["outcome"] in ("failed", "skipped") for e in entries)
+
+
+def run_pytest(first: dict[str, int], count: int, jobs: int, log: Path, deadline: float) -> None:
+    """The tests of ``first`` (node id -> first run to make, in order), runs ``first[t]`` to ``count``
+    (pytest-repeat when ``count`` is above 1), in ``jobs`` processes with the tests dealt out in turn;
+    each stops after the test running at ``deadline``. A process that dies in a test, or is killed
+    ``GRACE_S`` after the deadline, has that run logged as failed."""
     env = dict(os.environ, WSSS_REPEAT_LOG=str(log), WSSS_REPEAT_DEADLINE=str(deadline),
                PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
     if jobs > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     repeat = ["--count", str(count)] if count > 1 else []
+    tests = list(first)
     procs = []
     for j in range(jobs):
-        share = ids[j::jobs]
+        share = tests[j::jobs]
         if not share:
             continue
-        select = log.with_name(f"select.{j}.json")
-        select.write_text(json.dumps(share), encoding="utf-8")
+        select, running = OUT / f"select.{j}.json", OUT / f"running.{j}.json"
+        select.write_text(json.dumps({t: first[t] for t in share}), encoding="utf-8")
+        running.write_text("", encoding="utf-8")
         functions = list(dict.fromkeys(test.split("[", 1)[0] for test in share))
-        procs.append(subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-                                       "repeat_log", *repeat, *functions], cwd=ROOT,
-                                      env=dict(env, WSSS_REPEAT_SELECT=str(select)), stdout=subprocess.DEVNULL))
-    for proc in procs:
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "repeat_log",
+                                 *repeat, *functions], cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
+                                env=dict(env, WSSS_REPEAT_SELECT=str(select), WSSS_REPEAT_RUNNING=str(running)))
+        procs.append((proc, running))
+    for proc, running in procs:
+        why = None
         try:
             proc.wait(timeout=max(1.0, deadline + GRACE_S - time.time()))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the test's own child processes too
             proc.wait()
+            why = f"still running {GRACE_S} s after the budget; killed"
+        if running.read_text(encoding="utf-8").strip():
+            where = json.loads(running.read_text(encoding="utf-8"))
+            why = why or f"its pytest process ended in it (exit status {proc.returncode})"
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({**where, "outcome": "failed", "seconds": None, "message": why}) + "\n")
 
 
 def report(ids: list[str], runs: dict[str, list[dict]], count: int, digest: str, out: Path) -> int:
     done = [t for t in ids if streak(runs.get(t, [])) >= count]
-    short = [t for t in ids if t not in done]
     failed = {t: [e for e in runs.get(t, []) if e["outcome"] == "failed"] for t in ids}
     failed = {t: f for t, f in failed.items() if f}
+    skipped = [t for t in ids if t not in failed and any(e["outcome"] == "skipped" for e in runs.get(t, []))]
+    short = [t for t in ids if t not in done and t not in failed and t not in skipped]
     total = sum(len(runs.get(t, [])) for t in ids)
-    seconds = sum(e["seconds"] for t in ids for e in runs.get(t, []))
+    seconds = sum(e["seconds"] or 0 for t in ids for e in runs.get(t, []))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     lines = [
@@ -127,16 +154,22 @@ def report(ids: list[str], runs: dict[str, list[dict]], count: int, digest: str,
         f"Code: commit {commit}, digest {digest} (package, tests and configuration as run).", "",
         f"- tests selected: {len(ids)}",
         f"- passed their last {count} runs in a row: {len(done)}",
+        f"- with a failed run: {len(failed)}",
+        f"- skipped (not repeated): {len(skipped)}",
         f"- short of {count} runs in a row: {len(short)}",
-        f"- runs so far: {total}, {seconds / 60:.1f} min of test time",
-        f"- tests with a failed run: {len(failed)}", "",
+        f"- runs so far: {total}, {seconds / 60:.1f} min of test time", "",
     ]
     if failed:
-        lines += ["## Failed runs", "", "| test | failed / runs | last message |", "|---|---:|---|"]
+        lines += ["## Failed runs", "", "| test | failed / runs | first failed run | its message |",
+                  "|---|---:|---|---|"]
         for test, entries in failed.items():
-            message = entries[-1].get("message", "").replace("|", "\\|")
-            lines.append(f"| `{test}` | {len(entries)} / {len(runs[test])} | {message} |")
-        lines.append("")
+            message = entries[0].get("message", "").replace("|", "\\|")
+            first = entries[0].get("id", test)
+            lines.append(f"| `{test}` | {len(entries)} / {len(runs[test])} | `{first}` | {message} |")
+        lines += ["", "Re-run one failed run with its inputs: `pytest --count <n> '<its id>'`, where `<n>` is the "
+                  "number after the id's last `-` (none for a first run).", ""]
+    if skipped:
+        lines += ["## Skipped", ""] + [f"- `{t}`" for t in skipped] + [""]
     if short:
         lines += ["## Short of the count", "", "| test | runs in a row | seconds per run |", "|---|---:|---:|"]
         for test in sorted(short, key=lambda t: _mean_seconds(runs.get(t, []))):
@@ -152,61 +185,54 @@ def report(ids: list[str], runs: dict[str, list[dict]], count: int, digest: str,
     for name, tests in per_file.items():
         entries = [e for t in tests for e in runs.get(t, [])]
         lines.append(f"| `{name}` | {len(tests)} | {sum(t in done for t in tests)} | {len(entries)} | "
-                     f"{sum(e['outcome'] == 'failed' for e in entries)} | {sum(e['seconds'] for e in entries) / 60:.1f} |")
+                     f"{sum(e['outcome'] == 'failed' for e in entries)} | "
+                     f"{sum(e['seconds'] or 0 for e in entries) / 60:.1f} |")
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(text)
-    return 1 if failed else 0
+    return 1 if failed else 3 if short else 0
 
 
 def _mean_seconds(entries: list[dict]) -> float:
-    return sum(e["seconds"] for e in entries) / len(entries) if entries else float("inf")
+    timed = [e["seconds"] for e in entries if e["seconds"] is not None]
+    return sum(timed) / len(timed) if timed else float("inf")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("selection", nargs="*", help='pytest arguments that select tests (default: -m "not slow")')
     parser.add_argument("--count", type=int, default=100, help="runs in a row each test must pass (default 100)")
-    parser.add_argument("--budget", type=float, default=120, help="minutes to run (default 120)")
+    parser.add_argument("--budget", type=float, default=120,
+                        help=f"minutes to start runs in (default 120; a test running then may take {GRACE_S} s more)")
     parser.add_argument("--jobs", type=int, default=1, help="pytest processes at once, one thread each when above 1")
     parser.add_argument("--report-only", action="store_true", help="only report the runs so far")
-    args = parser.parse_args()
+    args, selection = parser.parse_known_args()
+    selection = [a for a in selection if a != "--"]
     if args.count < 1 or args.jobs < 1 or args.budget <= 0:
         parser.error("--count and --jobs must be at least 1 and --budget above 0")
     deadline = time.time() + args.budget * 60
-    ids = collect(args.selection or ["-m", "not slow"])
+    ids = collect(selection or ["-m", "not slow"])
     digest = code_digest()
-    log = OUT / "log.jsonl"
     OUT.mkdir(parents=True, exist_ok=True)
-    if log.exists() and log.read_text(encoding="utf-8").split("\n", 1)[0] != json.dumps({"digest": digest}):
-        old = json.loads(log.read_text(encoding="utf-8").split("\n", 1)[0]).get("digest", "unknown")
-        log.rename(OUT / f"log.{old}.jsonl")
-        print(f"repeat: the code changed since the log's runs (digest {old}); starting a new log")
-    if not log.exists():
-        log.write_text(json.dumps({"digest": digest}) + "\n", encoding="utf-8")
+    log = OUT / f"log.{digest}.jsonl"
     while not args.report_only and time.time() < deadline:
+        if code_digest() != digest:
+            print("repeat: the code changed during the run; stopping (its runs so far are in the log of the old code)")
+            break
         runs = read_log(log)
-        # a test with a failed run is not run again: the failure is reported, the test needs a fix
-        todo = [t for t in ids if streak(runs.get(t, [])) < args.count
-                and not any(e["outcome"] == "failed" for e in runs.get(t, []))]
+        todo = [t for t in ids if streak(runs.get(t, [])) < args.count and not settled(runs.get(t, []))]
         if not todo:
             break
         unmeasured = [t for t in todo if not runs.get(t)]
         if unmeasured:
             print(f"repeat: a first run of {len(unmeasured)} tests")
-            run_pytest(unmeasured, 1, args.jobs, log, deadline)
-            continue
-        # the rest of every test's count, grouped by what is left, the cheapest group and test first
-        left: dict[int, list[str]] = defaultdict(list)
-        for test in todo:
-            left[args.count - streak(runs[test])].append(test)
-        remaining, group = min(left.items(), key=lambda kv: sum(_mean_seconds(runs[t]) for t in kv[1]) * kv[0])
-        group.sort(key=lambda t: _mean_seconds(runs[t]))
-        print(f"repeat: {len(group)} tests, {remaining} runs each")
-        before = sum(len(v) for v in runs.values())
-        run_pytest(group, remaining, args.jobs, log, deadline)
-        if sum(len(v) for v in read_log(log).values()) == before:
+            run_pytest(dict.fromkeys(unmeasured, 1), 1, args.jobs, log, deadline)
+        else:
+            todo.sort(key=lambda t: _mean_seconds(runs[t]))
+            print(f"repeat: {len(todo)} tests, up to {args.count - min(len(runs[t]) for t in todo)} runs each")
+            # run k of a test is pytest-repeat's [k-count]: a run continued later keeps its number
+            run_pytest({t: len(runs[t]) + 1 for t in todo}, args.count, args.jobs, log, deadline)
+        if sum(map(len, read_log(log).values())) == sum(map(len, runs.values())):
             print("repeat: no test finished in the last pytest session; stopping")
             break
     return report(ids, read_log(log), args.count, digest, OUT / "report.md")
