@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -65,15 +66,19 @@ def test_infer_refuses_a_split_prepared_with_another_size(prepared):
 
 
 def test_crf_and_evaluate_refuse_inference_made_under_other_infer_keys(prepared):
+    # the module's other tests share `prepared` and expect no inference there: it is removed after
     infer_dir = prepared / "results" / "toy" / "val" / "infer"
-    (infer_dir / "probs").mkdir(parents=True)
-    (infer_dir / "masks").mkdir()
-    made = config.load([prepared / "params.yaml"], TINY + ["data.toy.n_train=32", "infer.fp_cut=0.3"])
-    (infer_dir / "config.yaml").write_text(__import__("yaml").safe_dump(made))
-    proc = wsss("crf", prepared, "data.toy.n_train=32")
-    assert proc.returncode == 2 and "infer.fp_cut: input made with 0.3, params give 0.1" in proc.stderr
-    proc = wsss("evaluate", prepared, "data.toy.n_train=32")
-    assert proc.returncode == 2 and "infer.fp_cut" in proc.stderr
+    try:
+        (infer_dir / "probs").mkdir(parents=True)
+        (infer_dir / "masks").mkdir()
+        made = config.load([prepared / "params.yaml"], TINY + ["data.toy.n_train=32", "infer.fp_cut=0.3"])
+        (infer_dir / "config.yaml").write_text(__import__("yaml").safe_dump(made))
+        proc = wsss("crf", prepared, "data.toy.n_train=32")
+        assert proc.returncode == 2 and "infer.fp_cut: input made with 0.3, params give 0.1" in proc.stderr
+        proc = wsss("evaluate", prepared, "data.toy.n_train=32")
+        assert proc.returncode == 2 and "infer.fp_cut" in proc.stderr
+    finally:
+        shutil.rmtree(infer_dir, ignore_errors=True)
 
 
 def test_keys_that_only_schedule_work_are_not_compared():
