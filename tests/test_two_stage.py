@@ -31,7 +31,7 @@ def pseudo_run(pretrained):  # noqa: F811
     return cwd, root, proc
 
 
-def test_pseudo_masks_are_what_infer_with_the_image_labels_then_crf_give(pseudo_run):
+def test_pseudo_masks_are_what_infer_with_the_image_labels_then_crf_give(pseudo_run, tmp_path):
     """Every training image gets the mask `wsss infer -S infer.presence=gt` + `wsss crf` would write for
     the training split; with two CRF workers (a process pool beside the network) the same."""
     cwd, root, proc = pseudo_run
@@ -51,7 +51,7 @@ def test_pseudo_masks_are_what_infer_with_the_image_labels_then_crf_give(pseudo_
     for name, mask in written.items():  # only the image's own classes: presence from its labels
         truth = load_mask(root / "toy/SegmentationClass" / f"{name}.png")
         assert set(np.unique(mask).tolist()) <= set(np.unique(truth).tolist()) | {0}
-    elsewhere = cwd / "two-workers"
+    elsewhere = tmp_path / "two-workers"  # not in the module's shared folder: a second run starts afresh
     shutil.copytree(cwd / "results/toy", elsewhere / "toy", ignore=shutil.ignore_patterns("train_aug", "val"))
     assert wsss("pseudo", cwd, root, *FAST, "crf.workers=2", extra=("--results", str(elsewhere))).returncode == 0
     assert masks_in(elsewhere / "toy/train_aug/pseudo/masks").keys() == written.keys()
