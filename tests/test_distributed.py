@@ -104,6 +104,14 @@ def run_ranks(command: list[str], crashes: tuple[str, ...] = GLOO_CRASHES) -> su
     return done
 
 
+def failure(done: subprocess.CompletedProcess) -> str:
+    """A failed run's exit status and its stderr without the library warnings (each warning and the
+    source line Python prints under it), whose repeats would otherwise fill the message."""
+    lines = done.stderr.splitlines()
+    kept = [line for i, line in enumerate(lines) if "Warning:" not in line and not (i and "Warning:" in lines[i - 1])]
+    return f"exit status {done.returncode}; stderr without warnings:\n" + "\n".join(kept)[-3000:]
+
+
 def ranks(out: Path, world: int) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt") for r in range(world)]
 
@@ -161,7 +169,7 @@ def test_an_images_augmentation_depends_on_the_seed_epoch_and_image_only():
 def test_two_ranks_compute_what_one_process_computes_on_the_whole_batch(tmp_path, what):
     for world in (1, 2):
         done = launch([what, tmp_path / str(world)], world)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, failure(done)
     one, = ranks(tmp_path / "1", 1)
     two = ranks(tmp_path / "2", 2)
     if what == "batchnorm":
@@ -248,14 +256,14 @@ def assert_same_run(a: Path, b: Path, loss_tol: float, weight_tol: float) -> Non
 def one_process(run_config, tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("one")
     done = launch(["train", run_config, results, "--deterministic"], 1)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done)
     return results
 
 
 @pytest.mark.slow
 def test_two_processes_give_the_loss_curve_and_weights_of_one(run_config, one_process, tmp_path):
     done = launch(["train", run_config, tmp_path, "--deterministic"], 2)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done)
     assert_same_run(tmp_path, one_process, loss_tol=1e-4, weight_tol=1e-4)
     assert not list((tmp_path / "toy" / "state").glob("*.pt"))  # rank 0 removed the resumable state
     assert done.stdout.count("validation loss") == 1  # printed by rank 0 only
@@ -266,10 +274,10 @@ def test_two_processes_give_the_loss_curve_and_weights_of_one(run_config, one_pr
 def test_a_run_killed_on_two_processes_resumes_on_one(run_config, one_process, tmp_path):
     killed = launch(["train", run_config, tmp_path, "--deterministic", "--kill-after-epoch", "2"], 2,
                     crashes=(HANDSHAKE,))
-    assert killed.returncode != 0 and "killed after epoch 2" in killed.stdout, killed.stderr[-3000:]
+    assert killed.returncode != 0 and "killed after epoch 2" in killed.stdout, failure(killed)
     assert not (tmp_path / "toy" / "train.pt").exists() and list((tmp_path / "toy" / "state").glob("train-*.pt"))
     resumed = launch(["train", run_config, tmp_path, "--deterministic"], 1)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure(resumed)
     assert "resuming train" in resumed.stdout
     assert_same_run(tmp_path, one_process, loss_tol=1e-4, weight_tol=1e-4)
 
@@ -282,9 +290,9 @@ def test_train_processes_relaunches_the_command_under_torchrun(run_config, tmp_p
     common = ["--params", str(REPO / "params.yaml"), "--params", str(overlay), "--results", str(tmp_path),
               *[f"-S{s}" for s in SCHEDULE]]
     pre = run_group([sys.executable, "-m", "wsss.cli", "pretrain", *common])
-    assert pre.returncode == 0, pre.stderr[-3000:]
+    assert pre.returncode == 0, failure(pre)
     run = run_ranks([sys.executable, "-m", "wsss.cli", "train", *common, "-Strain.processes=2"])
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, failure(run)
     assert "launching 2 processes: torchrun" in run.stdout
     assert run.stdout.count("train: wrote") == 1  # rank 0 alone
     state = weights(tmp_path)
