@@ -14,6 +14,7 @@ from wsss.errors import WsssError
 from wsss.model.acr_cam import ACRLocaliser, localise
 from wsss.model.layers import resize_to
 from wsss.model.network import build_model
+from wsss.model.scores import classification_loss
 from wsss.plugins import PluginSet, Step, build_plugins, check_plugins
 from wsss.plugins.acr import acr_terms, unflip_attention, unflip_order
 from wsss.plugins.flip_affinity import affinity
@@ -173,6 +174,29 @@ def test_flip_affinity_is_zero_for_a_flip_equivariant_map_and_trains_on_a_cnn(on
     theirs = affinity(outputs["flip"]["features"]["deep"].flip(-1))
     assert torch.allclose(terms["flip_affinity.affinity"][0], (mine - theirs).abs().mean())
     assert F.relu(mine).equal(mine)
+
+
+def test_flip_affinity_hand_computed_its_flipped_view_and_its_weighted_terms(one_thread):
+    # three positions with feature vectors (3, 4), (1, 0), (-1, 0): cosines 0.6, -0.6 and -1, the negatives cut
+    features = torch.tensor([[3.0, 1.0, -1.0], [4.0, 0.0, 0.0]]).reshape(1, 2, 1, 3)
+    expected = torch.tensor([[[1.0, 0.6, 0.0], [0.6, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    assert torch.allclose(affinity(features), expected, atol=1e-6)
+    cfg = config.load([REPO / "params.yaml"], ["plugins.flip_affinity.enabled=true",
+                                               "plugins.flip_affinity.affinity_weight=0.25",
+                                               "plugins.flip_affinity.flip_cls_weight=3.0"])
+    torch.manual_seed(0)
+    model = build_model(cfg, load_weights=False)
+    plugins = build_plugins(cfg, model)
+    images, raw = torch.randn(2, 3, 32, 40), torch.rand(2, 3, 32, 40)  # not square: W and H flips differ
+    views = plugins.extra_views(images, raw)
+    assert set(views) == {"flip"}  # the name the trainer runs the network on and the terms read
+    assert views["flip"][0].equal(images.flip(3)) and views["flip"][1].equal(raw.flip(3))
+    outputs = {"crop": model(images), "flip": model(views["flip"][0])}
+    labels = torch.zeros(2, 10)
+    labels[:, 3] = 1
+    terms = plugins.losses(Step(0, False, images, raw, labels, outputs, views))
+    assert terms["flip_affinity.affinity"][1] == 0.25 and terms["flip_affinity.cls_flip"][1] == 3.0
+    assert torch.allclose(terms["flip_affinity.cls_flip"][0], classification_loss(outputs["flip"]["cls"], labels))
 
 
 @pytest.mark.parametrize("use_affinity", [True, False])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from test_training import SCHEDULE, pretrained, trained, wsss  # noqa: F401  (pretrained is a fixture)
@@ -40,10 +41,15 @@ def test_pseudo_masks_are_what_infer_with_the_image_labels_then_crf_give(pseudo_
     written = masks_in(out / "masks")
     assert sorted(written) == sorted(names) and len(names) == 48
     assert proc.stdout.endswith("pseudo: wrote 48 pseudo-masks to results/toy/train_aug/pseudo\n")
+    record = yaml.safe_load((out / "config.yaml").read_text())  # the parameters it ran under, as infer records them
+    assert record["crf"]["workers"] == 1 and record["infer"]["scales"] == [1.0, 0.5]
+    made_by = yaml.safe_load((out / "checkpoint.yaml").read_text())
     as_eval = [*FAST, "infer.presence=gt", "data.eval_split=train_aug", "crf.workers=1"]
     assert wsss("infer", cwd, root, *as_eval).returncode == 0
     assert wsss("crf", cwd, root, *as_eval).returncode == 0
     assert masks_in(cwd / "results/toy/train_aug/crf/masks").keys() == written.keys()
+    assert made_by == yaml.safe_load((cwd / "results/toy/train_aug/infer/checkpoint.yaml").read_text())
+    assert made_by["path"].endswith("train.pt")
     for name, mask in masks_in(cwd / "results/toy/train_aug/crf/masks").items():
         assert np.array_equal(written[name], mask), name
     for name, mask in masks_in(cwd / "results/toy/train_aug/infer/masks").items():
@@ -284,3 +290,102 @@ def test_the_segmenter_loads_an_imagenet_file_and_a_checkpoint_rebuild_needs_non
     cfg["retrain"]["pretrained"] = False
     with pytest.raises(WsssError, match=r"^key 'retrain.weights' is set but retrain.pretrained is false"):
         build_segmenter(cfg, load_weights=False)
+
+
+def test_the_segmenter_s_imagenet_weights_come_from_the_file_or_the_hub_and_errors_name_the_key(tmp_path, monkeypatch):
+    import torch
+    from torchvision.models import resnet50
+
+    from wsss import config
+    from wsss.errors import WsssError
+    from wsss.model.backbones import resnet
+    from wsss.model.segmenter import build_segmenter, load_imagenet_backbone
+
+    cfg = config.load([Path(__file__).resolve().parents[1] / "params.yaml"], ["retrain.network=deeplabv3_resnet50"])
+    model = build_segmenter(cfg, load_weights=False)
+    with pytest.raises(WsssError) as err:
+        load_imagenet_backbone(model, "fcn_mobile", None)
+    assert str(err.value) == ("key 'retrain.pretrained': no ImageNet weights are wired for 'fcn_mobile'; use "
+                              "deeplabv3_resnet101 or deeplabv3_resnet50, or set -S retrain.pretrained=false")
+    with pytest.raises(WsssError) as err:
+        load_imagenet_backbone(model, "deeplabv3_resnet50", str(tmp_path / "none.pth"))
+    assert str(err.value) == f"key 'retrain.weights': {tmp_path / 'none.pth'} is not a file"
+    torch.save({"conv9.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(WsssError, match=r"^key 'retrain\.weights': .*other\.pth does not fit"):
+        load_imagenet_backbone(model, "deeplabv3_resnet50", str(tmp_path / "other.pth"))
+    # no file: torchvision's weights through the hub (here a stand-in that records the name it is asked for)
+    asked, state = [], resnet50(weights=None).state_dict()
+    monkeypatch.setattr(resnet, "torchvision_imagenet_state_dict", lambda name: asked.append(name) or state)
+    load_imagenet_backbone(model, "deeplabv3_resnet50", None)
+    assert asked == ["resnet50"]
+    assert all(torch.equal(v, state[k]) for k, v in model.net.backbone.state_dict().items())
+
+    def offline(name):
+        raise OSError("no network")
+
+    monkeypatch.setattr(resnet, "torchvision_imagenet_state_dict", offline)
+    with pytest.raises(WsssError, match=r"ImageNet weights for resnet50 .*-S retrain\.weights=PATH, or train from "
+                                        r"scratch with -S retrain\.pretrained=false$"):
+        load_imagenet_backbone(model, "deeplabv3_resnet50", None)
+
+
+def test_pseudo_reserves_its_crf_workers_cores_and_loads_the_checkpoint_it_is_given(tiny_training_cfg, tmp_path,
+                                                                                   monkeypatch):
+    """The pool of ``crf.workers`` processes (all cores for 0, none for 1), the cores the network's threads leave
+    them, the checkpoint ``--checkpoint`` names (else the train stage's) and the canvas check, before any image."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    from wsss.data.dataset import VOCSegmentation
+    from wsss.errors import WsssError
+    from wsss.paths import for_config
+    from wsss.stages import pseudo
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    class Pool:
+        def __init__(self, workers):
+            seen["pool"] = workers
+
+        def shutdown(self, cancel_futures):
+            pass
+
+    def load_model(cfg, dev, path):
+        seen.update(device=dev, checkpoint=path)
+        return None, {}
+
+    def predict(*args, **kwargs):  # the first image: what was set up before it is what this test checks
+        raise Stop
+
+    def dataset(*args, **kwargs):  # the image-level labels come from the masks training reads (training_mask_dir)
+        seen["mask_dir"] = kwargs.get("mask_dir")
+        return VOCSegmentation(*args, **kwargs)
+
+    monkeypatch.setattr(pseudo, "VOCSegmentation", dataset)
+    monkeypatch.setattr(pseudo, "available_cores", lambda: 4)
+    monkeypatch.setattr(pseudo.devices, "limit_cpu_threads", lambda dev, reserved=0: seen.update(reserved=reserved))
+    monkeypatch.setattr(pseudo, "load_model", load_model)
+    monkeypatch.setattr(pseudo, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(pseudo, "predict", predict)
+    results = tmp_path / "results"
+    for workers, reserved, pool, given in [(3, 3, 3, None), (1, 0, None, "elsewhere.pt"), (0, 4, 4, None), (2, 2, 2, None)]:
+        seen.clear()
+        cfg = copy.deepcopy(tiny_training_cfg)
+        cfg["crf"]["workers"] = workers
+        with pytest.raises(Stop):
+            pseudo.run(cfg, SimpleNamespace(results=str(results), checkpoint=given))
+        expected = {"mask_dir": "SegmentationClass", "reserved": reserved, "device": torch.device("cpu"),
+                    "checkpoint": Path(given) if given else for_config(cfg, str(results)).checkpoint("train")}
+        assert seen == ({**expected, "pool": pool} if pool else expected), workers
+        assert not for_config(cfg, str(results)).pseudo.exists()  # nothing half-written
+    cfg = copy.deepcopy(tiny_training_cfg)
+    cfg["infer"]["pad_size"] = [16, 16]
+    seen.clear()
+    with pytest.raises(WsssError, match=r"larger than key 'infer.pad_size' \[16, 16\]"):
+        pseudo.run(cfg, SimpleNamespace(results=str(results), checkpoint=None))
+    assert seen == {"mask_dir": "SegmentationClass"}  # refused before the network is loaded

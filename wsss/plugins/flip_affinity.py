@@ -19,7 +19,7 @@ from wsss.plugins.base import Step, TrainingPlugin
 
 def affinity(features: Tensor) -> Tensor:
     """``relu(cos)`` between every pair of positions of ``features`` (B, D, h, w): (B, h*w, h*w)."""
-    flat = F.normalize(features.float().flatten(2), dim=1)
+    flat = F.normalize(features.float().flatten(2))  # over the channels (F.normalize's default dim 1)
     return F.relu(flat.transpose(1, 2) @ flat)
 
 
