@@ -132,8 +132,9 @@ def run_pytest(first: dict[str, int], count: int, jobs: int, log: Path, deadline
             os.killpg(proc.pid, signal.SIGKILL)  # the test's own child processes too
             proc.wait()
             why = f"still running {GRACE_S} s after the budget; killed"
-        if running.read_text(encoding="utf-8").strip():
-            where = json.loads(running.read_text(encoding="utf-8"))
+        marker = running.read_text(encoding="utf-8").strip()
+        if marker:
+            where = json.loads(marker)
             why = why or f"its pytest process ended in it (exit status {proc.returncode})"
             with open(log, "a", encoding="utf-8") as f:
                 f.write(json.dumps({**where, "outcome": "failed", "seconds": None, "message": why}) + "\n")
@@ -215,11 +216,11 @@ def main() -> int:
     digest = code_digest()
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"log.{digest}.jsonl"
+    runs = read_log(log)
     while not args.report_only and time.time() < deadline:
         if code_digest() != digest:
             print("repeat: the code changed during the run; stopping (its runs so far are in the log of the old code)")
             break
-        runs = read_log(log)
         todo = [t for t in ids if streak(runs.get(t, [])) < args.count and not settled(runs.get(t, []))]
         if not todo:
             break
@@ -232,10 +233,12 @@ def main() -> int:
             print(f"repeat: {len(todo)} tests, up to {args.count - min(len(runs[t]) for t in todo)} runs each")
             # run k of a test is pytest-repeat's [k-count]: a run continued later keeps its number
             run_pytest({t: len(runs[t]) + 1 for t in todo}, args.count, args.jobs, log, deadline)
-        if sum(map(len, read_log(log).values())) == sum(map(len, runs.values())):
+        after = read_log(log)
+        if sum(map(len, after.values())) == sum(map(len, runs.values())):
             print("repeat: no test finished in the last pytest session; stopping")
             break
-    return report(ids, read_log(log), args.count, digest, OUT / "report.md")
+        runs = after
+    return report(ids, runs, args.count, digest, OUT / "report.md")
 
 
 if __name__ == "__main__":
