@@ -134,6 +134,30 @@ def test_acr_on_a_cnn_is_refused_naming_the_key_and_the_analogue():
         check_plugins(cfg)
 
 
+def test_every_stage_that_labels_images_gets_the_localiser_infer_uses(vit_cfg, monkeypatch):
+    """`inference_network` (what infer, pseudo, predict and submit load) wraps the network in ACR's localisation
+    with ``infer.localisation: acr`` and converts it to channels-last with ``infer.channels_last``."""
+    import copy
+
+    from wsss.stages import infer
+
+    model = build_model(vit_cfg, load_weights=False).eval()
+    monkeypatch.setattr(infer, "load_model", lambda cfg, dev, path: (model, {"path": str(path)}))
+    plain, source = infer.inference_network(vit_cfg, torch.device("cpu"), Path("a.pt"))
+    assert plain is model and source == {"path": "a.pt"}
+    cfg = copy.deepcopy(vit_cfg)
+    cfg["infer"].update(localisation="acr", acr_blocks=3, acr_affinity=False)
+    localiser, _ = infer.inference_network(cfg, torch.device("cpu"), Path("a.pt"))
+    assert isinstance(localiser, ACRLocaliser) and localiser.blocks == 3 and localiser.use_affinity is False
+    assert localiser.network is model
+    cnn = build_model(config.load([REPO / "params.yaml"], ["infer.channels_last=true"]), load_weights=False)
+    monkeypatch.setattr(infer, "load_model", lambda cfg, dev, path: (cnn, {}))
+    converted, _ = infer.inference_network(config.load([REPO / "params.yaml"], ["infer.channels_last=true"]),
+                                           torch.device("cpu"), Path("a.pt"))
+    weight = next(w for w in converted.parameters() if w.dim() == 4 and w.shape[-1] > 1)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 def test_the_localiser_gives_masks_of_the_network_s_size_from_the_attention(vit_cfg, one_thread):
     torch.manual_seed(0)
     model = build_model(vit_cfg, load_weights=False).eval()

@@ -12,7 +12,7 @@ from PIL import Image
 
 from wsss import config
 from wsss.model.network import build_model
-from wsss.stages.crf import read_probs, refine
+from wsss.stages.crf import as_stored, read_probs, refine
 from wsss.stages.infer import combine, make_view, place, predict, view_size, views
 
 CRF = {"iters": 10, "gauss_sxy": 3, "gauss_compat": 3, "bi_sxy": 80, "bi_srgb": 13, "bi_compat": 10,
@@ -292,6 +292,18 @@ def test_probability_files_round_trip_and_corrupt_ones_are_named(tmp_path):
     np.savez_compressed(old, classes=np.array([0, 7], np.uint8), probs=(probs * 255).astype(np.uint8))
     with pytest.raises(Exception, match="c.npz.*re-run `wsss infer`"):
         read_probs(old)
+
+
+def test_the_scores_the_crf_reads_are_the_float16_ones_infer_stores(tmp_path):
+    """`as_stored` (pseudo and predict run the CRF on it) equals what read_probs gives back from a file
+    holding the float16 scores: 1/3 and 0.1 are rounded to float16's 11 significant bits, 0.5 is exact."""
+    probs = np.array([[[1 / 3, 0.1], [0.5, 0.7]]], np.float32)
+    stored = as_stored(probs)
+    assert stored.dtype == np.float32 and stored.shape == (1, 2, 2)
+    assert stored[0].tolist() == [[0.333251953125, 0.0999755859375], [0.5, 0.7001953125]]
+    assert not np.array_equal(stored, probs)
+    np.savez_compressed(tmp_path / "a.npz", classes=np.array([0], np.uint8), probs=probs.astype(np.float16))
+    assert np.array_equal(read_probs(tmp_path / "a.npz")[1], stored)
 
 
 def test_an_image_too_large_for_the_canvas_is_refused_before_any_compute(fake_voc_root):

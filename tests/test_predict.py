@@ -83,8 +83,8 @@ def test_every_image_gets_a_mask_and_an_overlay_of_its_size(run_dir, tmp_path):
 
 def test_masks_are_the_pipelines_argmax_and_crf(run_dir, tmp_path):
     """The files hold what infer + crf compute for the same image: segment() without the CRF is the argmax
-    of the combined scores, and with it pydensecrf's result on those scores."""
-    from wsss.stages.crf import refine
+    of the combined scores, and with it pydensecrf's result on those scores as infer stores them (float16)."""
+    from wsss.stages.crf import as_stored, refine
     from wsss.stages.infer import combine, load_model, predict
 
     cfg = config.load([run_dir / "params.yaml"], OVERRIDES)
@@ -96,7 +96,7 @@ def test_masks_are_the_pipelines_argmax_and_crf(run_dir, tmp_path):
     assert np.array_equal(ids, ids2) and np.allclose(probs, probs2)
     assert np.array_equal(raw, ids[probs.argmax(0)])
     crf, _, _ = segment(model, image, cfg, torch.device("cpu"), use_crf=True)
-    assert np.array_equal(crf, refine(np.asarray(image), ids, probs, cfg["crf"], 11))
+    assert np.array_equal(crf, refine(np.asarray(image), ids, as_stored(probs), cfg["crf"], 11))
 
 
 def test_modes_become_rgb_and_16_bit_is_scaled_not_clipped():

@@ -355,11 +355,11 @@ def test_pseudo_reserves_its_crf_workers_cores_and_loads_the_checkpoint_it_is_gi
         def shutdown(self, cancel_futures):
             pass
 
-    def load_model(cfg, dev, path):
+    def inference_network(cfg, dev, path):  # the network as infer runs it
         seen.update(device=dev, checkpoint=path)
         return None, {}
 
-    def predict(*args, **kwargs):  # the first image: what was set up before it is what this test checks
+    def infer_views(*args, **kwargs):  # the first image: what was set up before it is what this test checks
         raise Stop
 
     def dataset(*args, **kwargs):  # the image-level labels come from the masks training reads (training_mask_dir)
@@ -369,9 +369,9 @@ def test_pseudo_reserves_its_crf_workers_cores_and_loads_the_checkpoint_it_is_gi
     monkeypatch.setattr(pseudo, "VOCSegmentation", dataset)
     monkeypatch.setattr(pseudo, "available_cores", lambda: 4)
     monkeypatch.setattr(pseudo.devices, "limit_cpu_threads", lambda dev, reserved=0: seen.update(reserved=reserved))
-    monkeypatch.setattr(pseudo, "load_model", load_model)
+    monkeypatch.setattr(pseudo, "inference_network", inference_network)
     monkeypatch.setattr(pseudo, "ProcessPoolExecutor", Pool)
-    monkeypatch.setattr(pseudo, "predict", predict)
+    monkeypatch.setattr(pseudo, "infer_views", infer_views)
     results = tmp_path / "results"
     for workers, reserved, pool, given in [(3, 3, 3, None), (1, 0, None, "elsewhere.pt"), (0, 4, 4, None), (2, 2, 2, None)]:
         seen.clear()

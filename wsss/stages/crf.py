@@ -43,6 +43,14 @@ def read_probs(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids, probs.astype(np.float32)
 
 
+def as_stored(probs: np.ndarray) -> np.ndarray:
+    """``probs`` as the crf stage reads them from infer's files: rounded to float16, the precision
+    ``infer`` stores its scores in (``probs/*.npz``), then float32, as `read_probs` returns them. Any
+    shape. `wsss pseudo` runs the CRF on these without the files, so its masks are the ones ``infer``
+    then ``crf`` give."""
+    return probs.astype(np.float16).astype(np.float32)
+
+
 def refine(image: np.ndarray, ids: np.ndarray, probs: np.ndarray, crf: dict, num_classes: int) -> np.ndarray:
     """Mean-field dense CRF over ``probs`` (K, H, W) for the class ids ``ids`` (K,), background first.
 

@@ -148,6 +148,15 @@ def combine(masks: torch.Tensor, present: torch.Tensor, infer_cfg: dict) -> tupl
     return ids.numpy().astype(np.uint8), stack.cpu().numpy()
 
 
+def infer_views(model: torch.nn.Module, image: Image.Image, icfg: dict, device: torch.device | str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`predict` under the ``infer`` section ``icfg``: its ``scales``, ``flip``, ``chunk``, ``pad_size``,
+    ``amp`` and ``channels_last``. The one call of `predict` of the stages that label images with the
+    first stage's network (infer, pseudo, predict, submit), so that they see the same views."""
+    return predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], device, icfg["amp"],
+                   icfg["channels_last"])
+
+
 def check_canvas(dataset: VOCSegmentation, infer_cfg: dict) -> None:
     """Refuse, before any compute, an image whose largest view does not fit ``infer.pad_size``."""
     if infer_cfg["pad_size"] is None:
@@ -195,11 +204,14 @@ def load_model(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Modul
 
 
 def inference_network(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Module, dict]:
-    """``load_model``, converted to channels-last memory format with ``infer.channels_last``."""
+    """The module whose ``masks`` inference averages, and ``describe_checkpoint``'s record of its file:
+    `load_model`, converted to channels-last memory format with ``infer.channels_last``, then
+    `for_inference` (ACR's localisation with ``infer.localisation: acr``). Every stage that runs the
+    first stage's network on images (infer, pseudo, predict, submit) takes it from here."""
     model, source = load_model(cfg, dev, path)
     if cfg["infer"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    return model, source
+    return for_inference(model, cfg), source
 
 
 def load_segmenter(cfg: dict, dev: torch.device, path: Path) -> tuple[torch.nn.Module, dict]:
@@ -247,7 +259,6 @@ def run(cfg: dict, args) -> None:
             model = model.to(memory_format=torch.channels_last)
     else:
         model, source = inference_network(cfg, dev, model_path)
-        model = for_inference(model, cfg)
     with atomic_path(target, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "probs").mkdir()
@@ -256,8 +267,7 @@ def run(cfg: dict, args) -> None:
         for i in tqdm(indices, desc=desc, unit="img", dynamic_ncols=True):
             name = dataset.names[i]
             image, mask = dataset.load(i)  # one decode of each file, the mask checked
-            masks, scores = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev,
-                                    icfg["amp"], icfg["channels_last"])
+            masks, scores = infer_views(model, image, icfg, dev)
             if stage2:  # every class, the background the network's own: its averaged softmax
                 ids, probs = np.arange(dataset.num_classes, dtype=np.uint8), masks.cpu().numpy()
             else:

@@ -37,8 +37,8 @@ from wsss.data.palette import colorize, save_mask
 from wsss.engine import device as devices
 from wsss.errors import WsssError
 from wsss.paths import for_config
-from wsss.stages.crf import refine
-from wsss.stages.infer import combine, for_inference, inference_network, predict, view_size
+from wsss.stages.crf import as_stored, refine
+from wsss.stages.infer import combine, infer_views, inference_network, view_size
 from wsss.utils.atomic import atomic_path, write_yaml
 
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -97,11 +97,10 @@ def segment(model: torch.nn.Module, image: Image.Image, cfg: dict, dev: torch.de
         h, w = view_size((image.height, image.width), max(icfg["scales"]))
         if h > pad[0] or w > pad[1]:
             pad = None
-    masks, scores = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], pad, dev, icfg["amp"],
-                            icfg["channels_last"])
+    masks, scores = infer_views(model, image, {**icfg, "pad_size": pad}, dev)
     ids, probs = combine(masks, scores > icfg["fp_cut"], icfg)
     if use_crf:
-        mask = refine(np.asarray(image), ids, probs, cfg["crf"], params.num_classes(cfg))
+        mask = refine(np.asarray(image), ids, as_stored(probs), cfg["crf"], params.num_classes(cfg))
     else:
         mask = ids[probs.argmax(0)]
     return mask.astype(np.uint8), ids, probs
@@ -147,7 +146,7 @@ def run(cfg: dict, args) -> None:
     check_record(out, wanted)
     todo = [p for p in files if not all(f.is_file() for f in outputs(out, p.stem, args.probs))]
     dev = devices.resolve(cfg["infer"]["device"])
-    model = for_inference(inference_network(cfg, dev, model_path)[0], cfg)
+    model, _ = inference_network(cfg, dev, model_path)
     for sub in ("masks", "overlays") + (("probs",) if args.probs else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
     write_yaml(out / "predict.yaml", wanted)

@@ -5,12 +5,13 @@ standard segmentation network is then trained on those labels. For every image o
 ``data.train_split`` this stage does what ``wsss infer`` then ``wsss crf`` do on an evaluation
 split, with one difference:
 
-- the trained network's multi-scale + flip masks (``infer.scales``, ``flip``, ``chunk``,
-  ``pad_size``; ``wsss.stages.infer.predict``), the background by ``infer.background``;
+- the trained network as infer runs it (``wsss.stages.infer.inference_network``: ``infer.channels_last``,
+  ``infer.localisation``) and its multi-scale + flip masks (``infer.scales``, ``flip``, ``chunk``,
+  ``pad_size``, ``amp``; ``wsss.stages.infer.infer_views``), the background by ``infer.background``;
 - class presence from the image-level labels, not from the classifier: they are the weak labels the
   network was trained with (the classes of the training masks, ``SegmentationClassAug`` for VOC's
   ``train_aug``, as training reads them), so using them adds no supervision;
-- the scores rounded to float16, as ``infer`` stores them, then the dense CRF (``crf.*``;
+- the scores rounded to float16, as ``infer`` stores them (``wsss.stages.crf.as_stored``), then the dense CRF (``crf.*``;
   ``wsss.stages.crf.refine``), one image per job in a pool of ``crf.workers`` processes while the
   network labels the next images. The masks are therefore the ones ``wsss infer -S
   infer.presence=gt`` and ``wsss crf`` would write for this split, without the probability files
@@ -37,8 +38,8 @@ from wsss.data.palette import save_mask
 from wsss.data.voc import training_mask_dir
 from wsss.engine import device as devices
 from wsss.paths import for_config
-from wsss.stages.crf import refine
-from wsss.stages.infer import check_canvas, combine, load_model, predict
+from wsss.stages.crf import as_stored, refine
+from wsss.stages.infer import check_canvas, combine, infer_views, inference_network
 from wsss.utils.atomic import atomic_path, write_yaml
 from wsss.utils.cores import available_cores
 
@@ -57,7 +58,7 @@ def run(cfg: dict, args) -> None:
     workers = cfg["crf"]["workers"] or available_cores()
     dev = devices.resolve(icfg["device"])
     devices.limit_cpu_threads(dev, reserved=workers if workers > 1 else 0)
-    model, source = load_model(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
+    model, source = inference_network(cfg, dev, Path(args.checkpoint) if args.checkpoint else paths.checkpoint("train"))
     with atomic_path(paths.pseudo, directory=True) as tmp:
         (tmp / "masks").mkdir()
         (tmp / "masks_raw").mkdir()
@@ -69,12 +70,11 @@ def run(cfg: dict, args) -> None:
             for i in tqdm(range(len(dataset)), desc=f"pseudo {dataset.split}", unit="img", dynamic_ncols=True):
                 name = dataset.names[i]
                 image, mask = dataset.load(i)
-                masks, _ = predict(model, image, icfg["scales"], icfg["flip"], icfg["chunk"], icfg["pad_size"], dev,
-                                   icfg["amp"])
+                masks, _ = infer_views(model, image, icfg, dev)
                 present = torch.from_numpy(labels_from_mask(mask, n)).to(dev) > 0
                 ids, probs = combine(masks, present, icfg)
                 save_mask(ids[probs.argmax(0)], tmp / "masks_raw" / f"{name}.png")
-                job = (np.asarray(image), ids, probs.astype(np.float16).astype(np.float32), cfg["crf"], n,
+                job = (np.asarray(image), ids, as_stored(probs), cfg["crf"], n,
                        tmp / "masks" / f"{name}.png")
                 if pool is None:
                     refine_to_file(*job)
