@@ -389,3 +389,63 @@ def test_pseudo_reserves_its_crf_workers_cores_and_loads_the_checkpoint_it_is_gi
     with pytest.raises(WsssError, match=r"larger than key 'infer.pad_size' \[16, 16\]"):
         pseudo.run(cfg, SimpleNamespace(results=str(results), checkpoint=None))
     assert seen == {"mask_dir": "SegmentationClass"}  # refused before the network is loaded
+
+
+def test_pseudo_keeps_at_most_twice_its_workers_images_waiting_for_the_crf_and_cancels_them_on_error(
+        tiny_training_cfg, tmp_path, monkeypatch):
+    """With ``crf.workers`` 2, the network runs ahead of the CRF pool by at most 2 x 2 queued images (memory does
+    not grow with the split); a CRF job that fails stops the stage, cancels the queued jobs, and leaves no output."""
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    from wsss.paths import for_config
+    from wsss.stages import pseudo
+
+    class Job:
+        def __init__(self, fn, args, fails):
+            self.fn, self.args, self.fails, self.done = fn, args, fails, False
+
+        def result(self):
+            if not self.done:
+                self.done = True
+                self.fn(*self.args)
+                if self.fails:
+                    raise RuntimeError("a CRF job failed")
+
+    class Pool:
+        def __init__(self, workers):
+            self.workers, self.jobs, self.waiting, self.cancel = workers, [], [], None
+            pools.append(self)
+
+        def submit(self, fn, *args):
+            self.jobs.append(Job(fn, args, fails=len(self.jobs) == fail_at))
+            self.waiting.append(sum(not job.done for job in self.jobs))  # queued when this one is submitted
+            return self.jobs[-1]
+
+        def shutdown(self, cancel_futures):
+            self.cancel = cancel_futures
+
+    def infer_views(model, image, icfg, dev):  # uniform scores: the CRF's work is what this test counts
+        return torch.full((11, image.height, image.width), 1 / 11), None
+
+    pools = []
+    monkeypatch.setattr(pseudo, "inference_network", lambda cfg, dev, path: (None, {"path": str(path)}))
+    monkeypatch.setattr(pseudo, "infer_views", infer_views)
+    monkeypatch.setattr(pseudo, "ProcessPoolExecutor", Pool)
+    cfg = copy.deepcopy(tiny_training_cfg)
+    cfg["crf"].update(workers=2, iters=1)
+    results = tmp_path / "results"
+    fail_at = None
+    pseudo.run(cfg, SimpleNamespace(results=str(results), checkpoint=None))
+    out = for_config(cfg, str(results)).pseudo
+    names = sorted(p.stem for p in (out / "masks").glob("*.png"))
+    assert len(pools[0].jobs) == len(names) > 6 and pools[0].cancel is True
+    assert max(pools[0].waiting) == 5 and pools[0].waiting[:6] == [1, 2, 3, 4, 5, 5]  # 2 x workers, then the new one
+    assert all(job.done for job in pools[0].jobs)
+    fail_at = 2  # the third image's CRF
+    with pytest.raises(RuntimeError, match="a CRF job failed"):
+        pseudo.run(cfg, SimpleNamespace(results=str(tmp_path / "again"), checkpoint=None))
+    assert len(pools[1].jobs) == 7 and pools[1].cancel is True  # stopped when the third job's result was read
+    assert not for_config(cfg, str(tmp_path / "again")).pseudo.exists()
