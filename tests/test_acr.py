@@ -134,7 +134,7 @@ def test_acr_on_a_cnn_is_refused_naming_the_key_and_the_analogue():
         check_plugins(cfg)
 
 
-def test_every_stage_that_labels_images_gets_the_localiser_infer_uses(vit_cfg, monkeypatch):
+def test_the_network_for_inference_is_acr_s_localiser_and_channels_last_as_the_keys_say(vit_cfg, monkeypatch):
     """`inference_network` (what infer, pseudo, predict and submit load) wraps the network in ACR's localisation
     with ``infer.localisation: acr`` and converts it to channels-last with ``infer.channels_last``."""
     import copy

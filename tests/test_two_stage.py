@@ -434,6 +434,7 @@ def test_pseudo_keeps_at_most_twice_its_workers_images_waiting_for_the_crf_and_c
     monkeypatch.setattr(pseudo, "inference_network", lambda cfg, dev, path: (None, {"path": str(path)}))
     monkeypatch.setattr(pseudo, "infer_views", infer_views)
     monkeypatch.setattr(pseudo, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(pseudo.devices, "limit_cpu_threads", lambda dev, reserved=0: None)  # the process's threads
     cfg = copy.deepcopy(tiny_training_cfg)
     cfg["crf"].update(workers=2, iters=1)
     results = tmp_path / "results"
@@ -448,4 +449,5 @@ def test_pseudo_keeps_at_most_twice_its_workers_images_waiting_for_the_crf_and_c
     with pytest.raises(RuntimeError, match="a CRF job failed"):
         pseudo.run(cfg, SimpleNamespace(results=str(tmp_path / "again"), checkpoint=None))
     assert len(pools[1].jobs) == 7 and pools[1].cancel is True  # stopped when the third job's result was read
+    assert [job.done for job in pools[1].jobs] == [True] * 3 + [False] * 4  # the queued ones left to the cancel
     assert not for_config(cfg, str(tmp_path / "again")).pseudo.exists()
