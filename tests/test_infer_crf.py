@@ -13,7 +13,7 @@ from PIL import Image
 from wsss import config
 from wsss.model.network import build_model
 from wsss.stages.crf import as_stored, read_probs, refine
-from wsss.stages.infer import combine, make_view, place, predict, view_size, views
+from wsss.stages.infer import combine, infer_views, make_view, place, predict, view_size, views
 
 CRF = {"iters": 10, "gauss_sxy": 3, "gauss_compat": 3, "bi_sxy": 80, "bi_srgb": 13, "bi_compat": 10,
        "unary_clip": 1e-5, "background": "probs", "bg_power": 5.0, "workers": 1, "labels": "present"}
@@ -110,6 +110,30 @@ def test_the_result_depends_on_neither_chunk_nor_scale_order(pad_size):
         torch.testing.assert_close(cls, ref_cls, atol=1e-6, rtol=0)
     assert ref.shape == (3, 29, 41)
     torch.testing.assert_close(ref.sum(0), torch.ones(29, 41), atol=1e-5, rtol=0)
+
+
+def test_infer_views_runs_predict_with_every_key_of_the_infer_section():
+    """Scales, flip, chunk and canvas decide the batches; amp runs them under bf16 autocast; channels_last hands
+    them over in channels-last memory format; the result is `predict`'s with the same arguments."""
+
+    class Recording(GlobalModel):
+        def forward(self, x):
+            self.seen.append((x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                              torch.is_autocast_enabled("cpu")))
+            return super().forward(x)
+
+    image = random_image(12, 14)
+    icfg = {"scales": [1.0, 0.5], "flip": True, "chunk": 1, "pad_size": [16, 16], "amp": True, "channels_last": True}
+    model = Recording()
+    model.seen = []
+    masks, presence = infer_views(model, image, icfg, "cpu")
+    assert model.calls == [(1, 3, 16, 16)] * 4 and model.seen == [(True, True)] * 4  # 4 views, one per pass
+    ref, ref_presence = predict(GlobalModel(), image, [1.0, 0.5], True, 1, [16, 16], "cpu", True, True)
+    assert torch.equal(masks, ref) and torch.equal(presence, ref_presence)
+    model.calls, model.seen = [], []
+    infer_views(model, image, {**icfg, "flip": False, "chunk": 2, "pad_size": None, "amp": False,
+                               "channels_last": False}, "cpu")
+    assert model.calls == [(1, 3, 6, 7), (1, 3, 12, 14)] and model.seen == [(False, False)] * 2
 
 
 def test_only_views_of_one_size_share_a_forward_pass():
