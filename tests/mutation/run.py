@@ -17,7 +17,7 @@ function changes).
 The report (printed, and written to ``--report``, default ``results/mutation/report.md``) gives per
 module the mutants made, killed (a test failed, or the run timed out), survived, equivalent (listed
 in ``tests/mutation/equivalent.yaml`` with why; the entry names the mutant and its mutated line, and
-an entry whose line no longer matches is reported as stale), without tests and not yet checked, and
+an entry whose line no longer matches, or whose mutant mutmut no longer makes, is reported as stale), without tests and not yet checked, and
 the score killed / (made - equivalent - not checked). Every survivor not known to be equivalent is
 printed with its diff. Exit status: 0 when every checked non-equivalent mutant is killed, 1 when some
 survive, 2 on a usage error.
@@ -177,8 +177,10 @@ def report(out: Path) -> int:
     lines += ["", f"## Survivors not known to be equivalent ({len(survivors)})", ""]
     for module, name, diff in survivors:
         lines += [f"### `{name}`", "", "```diff", diff, "```", ""]
+    made_names = {name for codes in results.values() for name in codes}
+    stale += sorted(set(equivalent) - made_names)  # the function changed or went: mutmut makes no such mutant
     if stale:
-        lines += ["## Stale entries of equivalent.yaml (the mutated line changed)", ""]
+        lines += ["## Stale entries of equivalent.yaml (the mutated line changed, or no mutant has the name)", ""]
         lines += [f"- `{name}`" for name in stale] + [""]
     lines += [f"## Equivalent mutants ({len(explained)})", ""]
     lines += [f"- `{name}`: {why}" for module, name, why in explained]
