@@ -233,23 +233,48 @@ def weights_before(results: Path) -> dict:
     return torch.load(results / "toy" / "pretrain.pt", weights_only=False)["model"]
 
 
-def assert_same_run(a: Path, b: Path, loss_tol: float, weight_tol: float) -> None:
+def assert_same_run(a: Path, b: Path) -> None:
+    """The training run in ``a`` is the one-process run in ``b``, as far as float rounding lets it be.
+
+    Classification alone (the pretrain stage, and validation before the segmentation term) is smooth in
+    the weights: its loss curve agrees to 1e-4 and its weights (``pretrain.pt``) to 1e-4. The
+    segmentation term is not: its pseudo-labels threshold the CAMs, and on 32 px crops the rounding of
+    a two-rank gradient sum (1e-5 in the weights) flips some of their pixels, how many depending on the
+    CPU's kernels (on one machine the term of one step differed by 22 %, on another by less than 1e-4). From
+    there the runs must agree on what training did, with tolerances far below what a fault in the
+    data-parallel run makes: the same steps, the loss and classification columns within 1e-2 (another
+    batch of images moves them by 0.1), the share of valid pseudo-labels within one image, the
+    segmentation term's total within a third of it (a term lost is off by all of it, one divided by a
+    rank's own count of valid images instead of the global share by half), and the weights closer than 1 % of how far training moved them."""
     for name in ("pretrain_log.tsv", "train_log.tsv", "train_val.tsv"):
         ours, theirs = curve(a, name), curve(b, name)
         assert [r["step"] for r in ours] == [r["step"] for r in theirs] and ours
-        for column in ("loss", "cls", "seg", "val_loss"):
-            if column in ours[0]:
-                x = torch.tensor([float(r[column]) for r in ours])
-                y = torch.tensor([float(r[column]) for r in theirs])
-                torch.testing.assert_close(x, y, atol=loss_tol, rtol=0)
+
+    def column(rows: list[dict], key: str) -> torch.Tensor:
+        return torch.tensor([float(r[key]) for r in rows])
+
+    for name, keys in (("pretrain_log.tsv", ("loss", "cls")), ("train_val.tsv", ("val_loss",))):
+        for key in keys:
+            torch.testing.assert_close(column(curve(a, name), key), column(curve(b, name), key), atol=1e-4, rtol=0)
+    ours, theirs = curve(a, "train_log.tsv"), curve(b, "train_log.tsv")
+    for key in ("loss", "cls"):
+        torch.testing.assert_close(column(ours, key), column(theirs, key), atol=1e-2, rtol=0)
     wa, wb = weights(a), weights(b)
+    one_image = 1 / wb["config"]["train"]["batch_size"]
+    torch.testing.assert_close(column(ours, "pseudo_valid"), column(theirs, "pseudo_valid"), atol=one_image + 1e-6,
+                               rtol=0)
+    seg_ours, seg_theirs = column(ours, "seg").sum().item(), column(theirs, "seg").sum().item()
+    assert seg_theirs > 0 and abs(seg_ours - seg_theirs) <= seg_theirs / 3, (seg_ours, seg_theirs)
+
+    def gap(x: dict, y: dict) -> float:
+        return max((x[k] - y[k]).abs().max().item() for k in x if x[k].is_floating_point())
+
+    pretrained = gap(weights_before(a), weights_before(b))
     assert wa["selected"]["epoch"] == wb["selected"]["epoch"]
-    floats = [k for k, v in wa["model"].items() if v.is_floating_point()]
-    gap = max((wa["model"][k] - wb["model"][k]).abs().max().item() for k in floats)
-    print(f"largest weight difference: {gap:.2e}")
-    assert gap <= weight_tol
-    moved = max((wa["model"][k] - weights_before(b)[k]).abs().max().item() for k in floats)
-    assert moved > 100 * weight_tol  # training moved the weights far more than the tolerance
+    trained, moved = gap(wa["model"], wb["model"]), gap(wb["model"], weights_before(b))
+    print(f"largest weight difference: {pretrained:.2e} after pretrain, {trained:.2e} after train "
+          f"(train moved them by {moved:.2e})")
+    assert pretrained <= 1e-4 and trained <= 0.01 * moved and moved > 0.1
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +289,7 @@ def one_process(run_config, tmp_path_factory) -> Path:
 def test_two_processes_give_the_loss_curve_and_weights_of_one(run_config, one_process, tmp_path):
     done = launch(["train", run_config, tmp_path, "--deterministic"], 2)
     assert done.returncode == 0, failure(done)
-    assert_same_run(tmp_path, one_process, loss_tol=1e-4, weight_tol=1e-4)
+    assert_same_run(tmp_path, one_process)
     assert not list((tmp_path / "toy" / "state").glob("*.pt"))  # rank 0 removed the resumable state
     assert done.stdout.count("validation loss") == 1  # printed by rank 0 only
     assert max(float(r["seg"]) for r in curve(tmp_path, "train_log.tsv")) > 0  # the segmentation term took part
@@ -279,7 +304,7 @@ def test_a_run_killed_on_two_processes_resumes_on_one(run_config, one_process, t
     resumed = launch(["train", run_config, tmp_path, "--deterministic"], 1)
     assert resumed.returncode == 0, failure(resumed)
     assert "resuming train" in resumed.stdout
-    assert_same_run(tmp_path, one_process, loss_tol=1e-4, weight_tol=1e-4)
+    assert_same_run(tmp_path, one_process)
 
 
 @pytest.mark.slow
