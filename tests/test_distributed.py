@@ -22,11 +22,12 @@ from wsss.errors import WsssError
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("ddp_run.py")
-# one pretrain epoch and two training epochs, validating before the third (train.val_every: 2). At the
-# toy learning rate (0.05) this tiny run amplifies rounding: one process on 1 and on 2 threads differs
-# by 1e-4 in the loss after 6 steps and 0.02 after 12; at 0.0005 the trajectory is stable, and the
-# comparison measures the data-parallel arithmetic instead of that chaos.
-SCHEDULE = [*TINY_TRAINING, "presets.toy.train.epochs=3", "presets.toy.train.select=best",
+# one pretrain epoch and two training epochs, validating before the third (train.val_every: 2), the
+# checkpoint holding the last weights (train.select: last). At the toy learning rate (0.05) this tiny
+# run amplifies rounding: one process on 1 and on 2 threads differs by 1e-4 in the loss after 6 steps
+# and 0.02 after 12; at 0.0005 the classification steps stay within 1e-4 of one another, and the
+# comparison measures the data-parallel arithmetic (the segmentation steps: see assert_same_run).
+SCHEDULE = [*TINY_TRAINING, "presets.toy.train.epochs=3", "presets.toy.train.select=last",
             "presets.toy.train.lr=0.0005"]
 
 
@@ -236,45 +237,49 @@ def weights_before(results: Path) -> dict:
 def assert_same_run(a: Path, b: Path) -> None:
     """The training run in ``a`` is the one-process run in ``b``, as far as float rounding lets it be.
 
-    Classification alone (the pretrain stage, and validation before the segmentation term) is smooth in
-    the weights: its loss curve agrees to 1e-4 and its weights (``pretrain.pt``) to 1e-4. The
-    segmentation term is not: its pseudo-labels threshold the CAMs, and on 32 px crops the rounding of
-    a two-rank gradient sum (1e-5 in the weights) flips some of their pixels, how many depending on the
-    CPU's kernels (on one machine the term of one step differed by 22 %, on another by less than 1e-4). From
-    there the runs must agree on what training did, with tolerances far below what a fault in the
-    data-parallel run makes: the same steps, the loss and classification columns within 1e-2 (another
+    Rounding differs between one and two processes (the two ranks' gradients are summed in another
+    order), and training amplifies it. The pretrain stage (classification only, 6 steps) stays where
+    the loss is smooth in the weights: its loss curve agrees to 1e-4 and its weights (``pretrain.pt``,
+    BatchNorm statistics included) to 1e-4 plus 1e-3 of their size. In train the segmentation term thresholds
+    the CAMs into pseudo-labels, and on 32 px crops the rounding flips some of their pixels, how many
+    depending on the CPU's kernels: on one machine the term of one step was 22 % apart, on another
+    less than 1e-4. There the runs must agree on what training did, within bounds that data-parallel
+    faults exceed: the same steps, the loss, classification and validation losses within 1e-2 (another
     batch of images moves them by 0.1), the share of valid pseudo-labels within one image, the
-    segmentation term's total within a third of it (a term lost is off by all of it, one divided by a
-    rank's own count of valid images instead of the global share by half), and the weights closer than 1 % of how far training moved them."""
+    segmentation term's total within a third, and the last weights (``train.select: last``) apart by
+    less than 5 % of how far train moved them, parameters and BatchNorm statistics each. Measured on
+    that machine: the term's total 7 % apart, the weights 1.1 % and 0.1 %; a resume that drops the
+    optimizer's state (`test_a_run_killed_on_two_processes_resumes_on_one`): 41 % and 11.5 %. Gradients
+    summed instead of averaged, not all-reduced, or both ranks loading the same images already fail
+    on pretrain's curve."""
     for name in ("pretrain_log.tsv", "train_log.tsv", "train_val.tsv"):
         ours, theirs = curve(a, name), curve(b, name)
-        assert [r["step"] for r in ours] == [r["step"] for r in theirs] and ours
+        assert [r["step"] for r in ours] == [r["step"] for r in theirs] and ours, name
 
-    def column(rows: list[dict], key: str) -> torch.Tensor:
-        return torch.tensor([float(r[key]) for r in rows])
+    def column(name: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.tensor([float(r[key]) for r in curve(run, name)]) for run in (a, b))
 
-    for name, keys in (("pretrain_log.tsv", ("loss", "cls")), ("train_val.tsv", ("val_loss",))):
-        for key in keys:
-            torch.testing.assert_close(column(curve(a, name), key), column(curve(b, name), key), atol=1e-4, rtol=0)
-    ours, theirs = curve(a, "train_log.tsv"), curve(b, "train_log.tsv")
     for key in ("loss", "cls"):
-        torch.testing.assert_close(column(ours, key), column(theirs, key), atol=1e-2, rtol=0)
+        torch.testing.assert_close(*column("pretrain_log.tsv", key), atol=1e-4, rtol=0)
+        torch.testing.assert_close(*column("train_log.tsv", key), atol=1e-2, rtol=0)
+    torch.testing.assert_close(*column("train_val.tsv", "val_loss"), atol=1e-2, rtol=0)
     wa, wb = weights(a), weights(b)
+    assert wa["selected"]["rule"] == wb["selected"]["rule"] == "last"
     one_image = 1 / wb["config"]["train"]["batch_size"]
-    torch.testing.assert_close(column(ours, "pseudo_valid"), column(theirs, "pseudo_valid"), atol=one_image + 1e-6,
-                               rtol=0)
-    seg_ours, seg_theirs = column(ours, "seg").sum().item(), column(theirs, "seg").sum().item()
+    torch.testing.assert_close(*column("train_log.tsv", "pseudo_valid"), atol=one_image + 1e-6, rtol=0)
+    seg_ours, seg_theirs = (x.sum().item() for x in column("train_log.tsv", "seg"))
     assert seg_theirs > 0 and abs(seg_ours - seg_theirs) <= seg_theirs / 3, (seg_ours, seg_theirs)
 
-    def gap(x: dict, y: dict) -> float:
-        return max((x[k] - y[k]).abs().max().item() for k in x if x[k].is_floating_point())
-
-    pretrained = gap(weights_before(a), weights_before(b))
-    assert wa["selected"]["epoch"] == wb["selected"]["epoch"]
-    trained, moved = gap(wa["model"], wb["model"]), gap(wb["model"], weights_before(b))
-    print(f"largest weight difference: {pretrained:.2e} after pretrain, {trained:.2e} after train "
-          f"(train moved them by {moved:.2e})")
-    assert pretrained <= 1e-4 and trained <= 0.01 * moved and moved > 0.1
+    pretrained = weights_before(b)
+    for key, value in weights_before(a).items():
+        torch.testing.assert_close(value, pretrained[key], atol=1e-4, rtol=1e-3, msg=f"pretrain.pt {key}")
+    floats = [k for k, v in wb["model"].items() if v.is_floating_point()]
+    for kind, keys in (("parameters", [k for k in floats if "running_" not in k]),
+                       ("BatchNorm statistics", [k for k in floats if "running_" in k])):
+        gap = max((wa["model"][k] - wb["model"][k]).abs().max().item() for k in keys)
+        moved = max((wb["model"][k] - pretrained[k]).abs().max().item() for k in keys)
+        print(f"{kind}: the runs {gap:.2e} apart, train moved them by {moved:.2e}")
+        assert moved > 0 and gap < 0.05 * moved, (kind, gap, moved)
 
 
 @pytest.fixture(scope="module")
