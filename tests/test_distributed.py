@@ -252,12 +252,12 @@ def assert_same_run(a: Path, b: Path) -> None:
     optimizer's state (`test_a_run_killed_on_two_processes_resumes_on_one`): 41 % and 11.5 %. Gradients
     summed instead of averaged, not all-reduced, or both ranks loading the same images already fail
     on pretrain's curve."""
-    for name in ("pretrain_log.tsv", "train_log.tsv", "train_val.tsv"):
-        ours, theirs = curve(a, name), curve(b, name)
+    curves = {name: (curve(a, name), curve(b, name)) for name in ("pretrain_log.tsv", "train_log.tsv", "train_val.tsv")}
+    for name, (ours, theirs) in curves.items():
         assert [r["step"] for r in ours] == [r["step"] for r in theirs] and ours, name
 
     def column(name: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(torch.tensor([float(r[key]) for r in curve(run, name)]) for run in (a, b))
+        return tuple(torch.tensor([float(r[key]) for r in rows]) for rows in curves[name])
 
     for key in ("loss", "cls"):
         torch.testing.assert_close(*column("pretrain_log.tsv", key), atol=1e-4, rtol=0)
