@@ -10,8 +10,8 @@ which brings pytest-repeat):
 
 Not a pytest test and not part of CI. The positional arguments are pytest's, and only select the
 tests (default ``-m "not slow"``; a selection given replaces it). Every test first runs once, which
-measures it; then the tests run the rest of their count with pytest-repeat, the cheapest first, in
-``--jobs`` pytest processes (one thread each when there are several). Run ``k`` of a test is
+measures it; then the tests run the rest of their count with pytest-repeat, the cheapest first
+(``run_order``), in ``--jobs`` pytest processes (one thread each when there are several). Run ``k`` of a test is
 pytest-repeat's ``test[k-<count>]``, so the suite's ``seeded_rngs`` fixture, which seeds from the
 node id, gives every run a seed of its own: inputs drawn from the global generators differ in each
 run (inputs a test draws from a generator of its own, seeded by a constant, do not: for such a test
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -195,6 +196,17 @@ def report(ids: list[str], runs: dict[str, list[dict]], count: int, digest: str,
     return 1 if failed else 3 if short else 0
 
 
+def run_order(test: str, entries: list[dict]) -> tuple[int, str, float]:
+    """The order the tests' remaining runs are made in: cheapest first, by the power of two of a run's
+    median seconds (the median leaves out a module fixture's set-up, which the first run of a process
+    pays), and within one such band the tests of one file together, so that pytest makes a module's
+    fixtures once rather than again at each switch between files."""
+    timed = sorted(e["seconds"] for e in entries if e["seconds"] is not None)
+    median = timed[len(timed) // 2] if timed else float("inf")
+    band = math.floor(math.log2(max(median, 0.25))) if timed else 1 << 30
+    return band, test.split("::")[0], median
+
+
 def _mean_seconds(entries: list[dict]) -> float:
     timed = [e["seconds"] for e in entries if e["seconds"] is not None]
     return sum(timed) / len(timed) if timed else float("inf")
@@ -229,7 +241,7 @@ def main() -> int:
             print(f"repeat: a first run of {len(unmeasured)} tests")
             run_pytest(dict.fromkeys(unmeasured, 1), 1, args.jobs, log, deadline)
         else:
-            todo.sort(key=lambda t: _mean_seconds(runs[t]))
+            todo.sort(key=lambda t: run_order(t, runs[t]))
             print(f"repeat: {len(todo)} tests, up to {args.count - min(len(runs[t]) for t in todo)} runs each")
             # run k of a test is pytest-repeat's [k-count]: a run continued later keeps its number
             run_pytest({t: len(runs[t]) + 1 for t in todo}, args.count, args.jobs, log, deadline)
