@@ -396,9 +396,10 @@ def test_a_failing_slurm_job_is_reported_not_waited_on(slurm, tmp_path):
     logs = list((tmp_path / ".snakemake" / "slurm_logs" / "rule_broken").rglob("*.log"))
     assert len(logs) == 1 and re.search(r"the job ran on \d+", logs[0].read_text()), logs
     # this run's one job (the cluster keeps earlier runs' jobs for MinJobAge)
-    (job_id,) = re.findall(r"has been submitted with SLURM jobid (\d+)", printed)
-    job = slurm.jobs()[job_id]
-    assert job["comment"] == "rule_broken" and job["state"] == "FAILED", job
+    ids = re.findall(r"has been submitted with SLURM jobid (\d+)", printed)
+    assert len(ids) == 1, printed[-3000:]
+    job = slurm.jobs().get(ids[0])
+    assert job and job["comment"] == "rule_broken" and job["state"] == "FAILED", (ids, job)
     assert not (tmp_path / "never.txt").exists()
 
 

@@ -198,11 +198,12 @@ def report(ids: list[str], runs: dict[str, list[dict]], count: int, digest: str,
 
 def run_order(test: str, entries: list[dict]) -> tuple[int, str, float]:
     """The order the tests' remaining runs are made in: cheapest first, by the power of two of a run's
-    median seconds (the median leaves out a module fixture's set-up, which the first run of a process
-    pays), and within one such band the tests of one file together, so that pytest makes a module's
-    fixtures once rather than again at each switch between files."""
+    (lower) median seconds, and within one such band the tests of one file together, so that pytest
+    does not make a module's fixtures again at each switch between files. Once a test has three runs
+    or more, the median leaves out the set-up of a module fixture that its first run in a process
+    paid; after the measuring run alone, that set-up counts."""
     timed = sorted(e["seconds"] for e in entries if e["seconds"] is not None)
-    median = timed[len(timed) // 2] if timed else float("inf")
+    median = timed[(len(timed) - 1) // 2] if timed else float("inf")
     band = math.floor(math.log2(max(median, 0.25))) if timed else 1 << 30
     return band, test.split("::")[0], median
 
