@@ -285,6 +285,14 @@ def dvc_run(tmp_path_factory):
     return repo
 
 
+def reset_to_baseline(repo: Path) -> None:
+    """The DVC fixture's workspace back to its committed baseline run: params.yaml and the lock file from
+    git, every output from DVC's cache. The tests that change the workspace call it when they end, so
+    that the next test, or a repeat of the same one, starts from the baseline whatever the order."""
+    sh(["git", "checkout", "--", "."], repo)
+    sh([str(BIN / "dvc"), "checkout", "--force"], repo)
+
+
 @pytest.mark.slow
 def test_dvc_repro_runs_the_whole_dag_and_is_then_clean(dvc_run):
     metrics = json.loads((dvc_run / "results" / "metrics" / "toy_val.json").read_text())
@@ -311,8 +319,7 @@ def test_dvc_reruns_only_what_a_param_change_touches(dvc_run, key, value, change
             out = sh([str(BIN / "dvc"), "repro"], dvc_run).stdout
             assert reproduced(out) == ran
     finally:
-        sh(["git", "checkout", "--", "."], dvc_run)
-        sh([str(BIN / "dvc"), "checkout", "--force"], dvc_run)
+        reset_to_baseline(dvc_run)
     assert dvc_stale(dvc_run) == set()
 
 
@@ -339,9 +346,7 @@ def test_dvc_exp_run_ablation_and_exp_show(dvc_run):
         values = {row["params"]["model"]["fca"] for row in exp_rows(dvc_run).values() if row["miou_crf"] is not None}
         assert values == {True, False}, values
     finally:
-        # `dvc exp run` applies the experiment to the workspace: back to the committed baseline for the next test
-        sh(["git", "checkout", "--", "."], dvc_run)
-        sh([str(BIN / "dvc"), "checkout", "--force"], dvc_run)
+        reset_to_baseline(dvc_run)  # `dvc exp run` applies the experiment to the workspace
 
 
 @pytest.mark.slow
@@ -349,8 +354,7 @@ def test_dvc_queue_runs_a_grid_with_the_baseline_as_an_experiment(dvc_run):
     """The README's recipe on a reduced grid: WS-FCN as it is committed and a plug-in queued with
     `dvc exp run --queue` (up to the single stage's result), run by `dvc queue start -j 1`, and compared by
     `dvc exp show`."""
-    sh(["git", "checkout", "--", "."], dvc_run)
-    sh([str(BIN / "dvc"), "checkout", "--force"], dvc_run)
+    reset_to_baseline(dvc_run)
     queued = {"ws-fcn": [], "rtc": ["-S", "plugins.rtc.enabled=true", "-S", "plugins.rtc.view_size=48"]}
     try:
         for name, overrides in queued.items():

@@ -373,6 +373,13 @@ def _megabytes(memory: str) -> int:
     return round(float(memory[:-1]) * scale[memory[-1]]) if memory[-1] in scale else int(memory)
 
 
+def submitted_jobs(printed: str) -> dict[str, Path]:
+    """``{SLURM job id: its log file}`` for every job a Snakemake run submitted, from the SLURM executor
+    plugin's "has been submitted with SLURM jobid N (log: PATH)." lines in the run's output."""
+    return {job_id: Path(log) for job_id, log in
+            re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", printed)}
+
+
 def _fast_polling() -> list[str]:
     """Status checks every few seconds rather than the profile's cluster-friendly pace (the stages take seconds here)."""
     return ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1"]
@@ -396,7 +403,7 @@ def test_a_failing_slurm_job_is_reported_not_waited_on(slurm, tmp_path):
     logs = list((tmp_path / ".snakemake" / "slurm_logs" / "rule_broken").rglob("*.log"))
     assert len(logs) == 1 and re.search(r"the job ran on \d+", logs[0].read_text()), logs
     # this run's one job (the cluster keeps earlier runs' jobs for MinJobAge)
-    ids = re.findall(r"has been submitted with SLURM jobid (\d+)", printed)
+    ids = list(submitted_jobs(printed))
     assert len(ids) == 1, printed[-3000:]
     job = slurm.jobs().get(ids[0])
     assert job and job["comment"] == "rule_broken" and job["state"] == "FAILED", (ids, job)
@@ -440,7 +447,7 @@ def test_toy_dag_through_slurm_gives_the_local_result(slurm, tmp_path):
     assert proc.returncode == 0, printed[-6000:]
     assert not re.search(r"^localrule ", printed, flags=re.M)  # nothing ran outside SLURM
     run_id = re.search(r"SLURM run ID: (\S+)", printed).group(1)
-    submitted = dict(re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", printed))
+    submitted = submitted_jobs(printed)
     jobs = {job_id: job for job_id, job in slurm.jobs().items() if job["name"] == run_id}
     assert set(jobs) == set(submitted) and len(jobs) == len(SINGLE_STAGE), (jobs, submitted)
     for job_id, job in jobs.items():
@@ -450,7 +457,7 @@ def test_toy_dag_through_slurm_gives_the_local_result(slurm, tmp_path):
         assert int(job["cpus"]) == want["threads"], (rule, job, want)
         assert _megabytes(job["memory"]) == want["resources"]["mem_mb"], (rule, job, want)
         assert _minutes(job["time_limit"]) == want["resources"]["runtime"], (rule, job, want)
-        log = Path(submitted[job_id])
+        log = submitted[job_id]
         assert log.parent.parent.name == f"rule_{rule}" and log.name == f"{job_id}.log", log
         text = log.read_text()
         assert f"rule {rule}:" in text and "--executor slurm-jobstep" in text, text[-2000:]
