@@ -24,11 +24,13 @@ configuration (not ``tests/repeat``). A run stopped at its budget is continued b
 the same code; other code has a log of its own. Run one at a time.
 
 A test is done when it passed ``--count`` runs in a row. A test whose run failed, crashed its pytest
-process, or was still running ``GRACE_S`` after the budget is not run again; a test that skips is not
-repeated. The report (printed, and written to ``results/repeat/report.md``) gives the tests done,
-every failure with its message and the id that re-runs it, the skipped tests and those still short
-of the count. Exit status: 1 when a run failed, 3 when the budget ran out first (run again to
-continue), else 0.
+process, or was still running ``GRACE_S`` after the budget is not run again (``--rerun-failed`` runs it
+again, once the cause was outside the code; its runs in a row then count from after the failure); a
+test that skips is not repeated. A passed run's ``tmp_path`` is removed when the run ends
+(``tmp_path_retention_policy=failed``); a failed run's is kept to look at. The report (printed, and
+written to ``results/repeat/report.md``) gives the tests done, every failure with its message and the
+id that re-runs it, the skipped tests and those still short of the count. Exit status: 1 when a
+test's last run failed, 3 when the budget ran out first (run again to continue), else 0.
 """
 
 from __future__ import annotations
@@ -97,9 +99,10 @@ def streak(entries: list[dict]) -> int:
     return n
 
 
-def settled(entries: list[dict]) -> bool:
-    """Not to be run again: a run failed (or crashed or hung), or the test skips."""
-    return any(e["outcome"] in ("failed", "skipped") for e in entries)
+def settled(entries: list[dict], since: int = 0) -> bool:
+    """Not to be run again: a run from run ``since`` on failed (or crashed or hung), or the test skips."""
+    return (any(e["outcome"] == "skipped" for e in entries)
+            or any(e["outcome"] == "failed" for e in entries[since:]))
 
 
 def deal(tests: list[str], jobs: int, cost: dict[str, float]) -> list[list[str]]:
@@ -139,8 +142,10 @@ def run_pytest(first: dict[str, int], count: int, jobs: int, log: Path, deadline
         select.write_text(json.dumps({t: first[t] for t in share}), encoding="utf-8")
         running.write_text("", encoding="utf-8")
         functions = list(dict.fromkeys(test.split("[", 1)[0] for test in share))
+        # a passed run's tmp_path is removed when it ends: 100 runs of a test would otherwise keep 100 of them
+        # (the released-checkpoint test writes 580 MB a run)
         proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "repeat_log",
-                                 *repeat, *functions], cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
+                                 "-o", "tmp_path_retention_policy=failed", *repeat, *functions], cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
                                 env=dict(env, WSSS_REPEAT_SELECT=str(select), WSSS_REPEAT_RUNNING=str(running)))
         procs.append((proc, running))
     for proc, running in procs:
@@ -163,8 +168,9 @@ def report(ids: list[str], runs: dict[str, list[dict]], count: int, digest: str,
     done = [t for t in ids if streak(runs.get(t, [])) >= count]
     failed = {t: [e for e in runs.get(t, []) if e["outcome"] == "failed"] for t in ids}
     failed = {t: f for t, f in failed.items() if f}
+    failing = [t for t in failed if runs[t][-1]["outcome"] == "failed"]  # not run again since
     skipped = [t for t in ids if t not in failed and any(e["outcome"] == "skipped" for e in runs.get(t, []))]
-    short = [t for t in ids if t not in done and t not in failed and t not in skipped]
+    short = [t for t in ids if t not in done and t not in failing and t not in skipped]
     total = sum(len(runs.get(t, [])) for t in ids)
     seconds = sum(e["seconds"] or 0 for t in ids for e in runs.get(t, []))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -174,7 +180,7 @@ def report(ids: list[str], runs: dict[str, list[dict]], count: int, digest: str,
         f"Code: commit {commit}, digest {digest} (package, tests and configuration as run).", "",
         f"- tests selected: {len(ids)}",
         f"- passed their last {count} runs in a row: {len(done)}",
-        f"- with a failed run: {len(failed)}",
+        f"- with a failed run: {len(failed)} (the last run failed: {len(failing)})",
         f"- skipped (not repeated): {len(skipped)}",
         f"- short of {count} runs in a row: {len(short)}",
         f"- runs so far: {total}, {seconds / 60:.1f} min of test time", "",
@@ -186,7 +192,9 @@ def report(ids: list[str], runs: dict[str, list[dict]], count: int, digest: str,
             message = entries[0].get("message", "").replace("|", "\\|")
             first = entries[0].get("id", test)
             lines.append(f"| `{test}` | {len(entries)} / {len(runs[test])} | `{first}` | {message} |")
-        lines += ["", "Re-run one failed run with its inputs: `pytest --count <n> '<its id>'`, where `<n>` is the "
+        lines += ["", "A test run again after its failure (`--rerun-failed`) keeps its failed runs here; its runs in "
+                  "a row count from after the last one.", "",
+                  "Re-run one failed run with its inputs: `pytest --count <n> '<its id>'`, where `<n>` is the "
                   "number after the id's last `-` (none for a first run).", ""]
     if skipped:
         lines += ["## Skipped", ""] + [f"- `{t}`" for t in skipped] + [""]
@@ -211,7 +219,7 @@ def report(ids: list[str], runs: dict[str, list[dict]], count: int, digest: str,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     print(text)
-    return 1 if failed else 3 if short else 0
+    return 1 if failing else 3 if short else 0
 
 
 def run_order(test: str, entries: list[dict]) -> tuple[int, str, float]:
@@ -237,6 +245,9 @@ def main() -> int:
     parser.add_argument("--budget", type=float, default=120,
                         help=f"minutes to start runs in (default 120; a test running then may take {GRACE_S} s more)")
     parser.add_argument("--jobs", type=int, default=1, help="pytest processes at once, one thread each when above 1")
+    parser.add_argument("--rerun-failed", action="store_true",
+                        help="run the tests with a failed run again, once its cause outside the code is gone (a full "
+                             "disk, a killed fixture); the failures stay in the log and the report")
     parser.add_argument("--report-only", action="store_true", help="only report the runs so far")
     args, selection = parser.parse_known_args()
     selection = [a for a in selection if a != "--"]
@@ -248,11 +259,12 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     log = OUT / f"log.{digest}.jsonl"
     runs = read_log(log)
+    since = {t: len(runs.get(t, [])) if args.rerun_failed else 0 for t in ids}  # failures before these are forgiven
     while not args.report_only and time.time() < deadline:
         if code_digest() != digest:
             print("repeat: the code changed during the run; stopping (its runs so far are in the log of the old code)")
             break
-        todo = [t for t in ids if streak(runs.get(t, [])) < args.count and not settled(runs.get(t, []))]
+        todo = [t for t in ids if streak(runs.get(t, [])) < args.count and not settled(runs.get(t, []), since[t])]
         if not todo:
             break
         unmeasured = [t for t in todo if not runs.get(t)]
