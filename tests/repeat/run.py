@@ -145,7 +145,8 @@ def run_pytest(first: dict[str, int], count: int, jobs: int, log: Path, deadline
         # a passed run's tmp_path is removed when it ends: 100 runs of a test would otherwise keep 100 of them
         # (the released-checkpoint test writes 580 MB a run)
         proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "repeat_log",
-                                 "-o", "tmp_path_retention_policy=failed", *repeat, *functions], cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
+                                 "-o", "tmp_path_retention_policy=failed", *repeat, *functions],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True,
                                 env=dict(env, WSSS_REPEAT_SELECT=str(select), WSSS_REPEAT_RUNNING=str(running)))
         procs.append((proc, running))
     for proc, running in procs:
