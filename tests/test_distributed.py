@@ -87,20 +87,25 @@ HANDSHAKE = "Gloo connectFullMesh failed"  # the ranks never connected: nothing 
 GLOO_CRASHES = (HANDSHAKE, "terminate called without an active exception", TIMED_OUT)
 
 
-def launch(args: list[str], processes: int, crashes: tuple[str, ...] = GLOO_CRASHES) -> subprocess.CompletedProcess:
+def launch(args: list[str], processes: int, crashes: tuple[str, ...] = GLOO_CRASHES,
+           started: Path | None = None) -> subprocess.CompletedProcess:
     """``tests/ddp_run.py args`` as one process, or under torchrun with ``processes`` (`run_ranks`), started
-    once more after one of ``crashes``."""
+    once more after one of ``crashes`` or a hung handshake."""
     head = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    return run_ranks([*head, str(SCRIPT), *map(str, args)], crashes)
+    return run_ranks([*head, str(SCRIPT), *map(str, args)], crashes, started)
 
 
-def run_ranks(command: list[str], crashes: tuple[str, ...] = GLOO_CRASHES) -> subprocess.CompletedProcess:
+def run_ranks(command: list[str], crashes: tuple[str, ...] = GLOO_CRASHES,
+              started: Path | None = None) -> subprocess.CompletedProcess:
     """`run_group`, started once more after one of ``crashes`` in the sandbox's gloo: for runs expected to
     succeed, which write their results atomically (a second start redoes or resumes them), any of
-    `GLOO_CRASHES`; for a run killed on purpose, only a failed handshake, before any work."""
+    `GLOO_CRASHES`; for a run killed on purpose, only a failure before any work. Such a failure is a
+    failed handshake, or a hung one: ``started`` (a path the run writes once its first epoch is done) is
+    given and the run timed out without writing it, its ranks having waited in ``init_process_group``."""
     done = run_group(command)
-    if done.returncode != 0 and any(crash in done.stderr for crash in crashes):
+    hung = started is not None and TIMED_OUT in done.stderr and not started.exists()
+    if done.returncode != 0 and (hung or any(crash in done.stderr for crash in crashes)):
         done = run_group(command)
     return done
 
@@ -303,11 +308,7 @@ def test_two_processes_give_the_loss_curve_and_weights_of_one(run_config, one_pr
 @pytest.mark.slow
 def test_a_run_killed_on_two_processes_resumes_on_one(run_config, one_process, tmp_path):
     kill = ["train", run_config, tmp_path, "--deterministic", "--kill-after-epoch", "2"]
-    killed = launch(kill, 2, crashes=(HANDSHAKE,))
-    if TIMED_OUT in killed.stderr and not (tmp_path / "toy" / "train_log.tsv").exists():
-        # both ranks waited in gloo's handshake (init_process_group) until run_group's limit: the same
-        # sandbox failure as HANDSHAKE, only without its message; nothing ran yet, so it starts once more
-        killed = launch(kill, 2, crashes=(HANDSHAKE,))
+    killed = launch(kill, 2, crashes=(HANDSHAKE,), started=tmp_path / "toy" / "state")
     assert killed.returncode != 0 and "killed after epoch 2" in killed.stdout, failure(killed)
     assert not (tmp_path / "toy" / "train.pt").exists() and list((tmp_path / "toy" / "state").glob("train-*.pt"))
     resumed = launch(["train", run_config, tmp_path, "--deterministic"], 1)
