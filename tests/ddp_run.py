@@ -3,6 +3,7 @@
     python tests/ddp_run.py train CONFIG.json RESULTS [--kill-after-epoch E] [--deterministic]
     python tests/ddp_run.py batchnorm OUT_DIR
     python tests/ddp_run.py losses OUT_DIR
+    python tests/ddp_run.py phases OUT_DIR
 
 ``train`` runs `wsss.engine.trainer` for pretrain then train on the configuration in CONFIG.json (what
 `wsss pretrain` and `wsss train` do, without the dataset check of the CLI). ``--deterministic``
@@ -11,7 +12,8 @@ expectation), whose draws come from each rank's generator and so differ with the
 processes. ``--kill-after-epoch E`` stops the run (exit status 1) right after the resumable state of
 epoch E reached the disk. ``batchnorm`` and ``losses`` compute, on this rank's half of a fixed batch,
 a synchronised BatchNorm and the balanced segmentation loss with their gradients, and write them to
-OUT_DIR/rank<r>.pt.
+OUT_DIR/rank<r>.pt. ``phases`` goes through 20 phases as the trainer brackets each one
+(`distributed.init`, an all-reduce, `distributed.end_phase`) and writes each phase's sum.
 """
 
 from __future__ import annotations
@@ -93,12 +95,28 @@ def halves(out: Path, what: str) -> None:
         result = {"loss": total / world, "grad": mine.grad / world}
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result, out / f"rank{rank}.pt")
-    distributed.shutdown(context)
+    distributed.end_phase(context)
+
+
+def phases(out: Path, count: int = 20) -> None:
+    import torch.distributed as dist
+
+    from wsss.engine import distributed
+
+    sums = []
+    for _ in range(count):
+        context = distributed.init(torch.device("cpu"))
+        total = torch.tensor([context.rank + 1.0])
+        dist.all_reduce(total)
+        sums.append(total.item())
+        distributed.end_phase(context)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"sums": sums}, out / f"rank{context.rank}.pt")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["train", "batchnorm", "losses"])
+    parser.add_argument("what", choices=["train", "batchnorm", "losses", "phases"])
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--kill-after-epoch", type=int, default=None)
     parser.add_argument("--deterministic", action="store_true")
@@ -107,6 +125,8 @@ def main() -> int:
         deterministic_network()
     if args.what == "train":
         train(args.paths[0], args.paths[1], args.kill_after_epoch)
+    elif args.what == "phases":
+        phases(args.paths[0])
     else:
         halves(args.paths[0], args.what)
     return 0

@@ -8,6 +8,13 @@ One initialisation path for every launcher (`init`):
   ``SLURM_JOB_NODELIST`` through ``scontrol`` and a port derived from the job id);
 - otherwise one process, nothing initialised.
 
+A process joins the process group once, at its first `init`, and leaves it when it exits: the phases
+it runs after the first (pretrain then train in one Python process) use the same group. Leaving and
+joining again does not work: ``destroy_process_group`` resets torch's group counter, so the new
+default group takes the old one's name, and the launcher's rendezvous store still holds the old
+group's gloo addresses under it; the new handshake reads them and fails ("Gloo connectFullMesh
+failed ... Connection refused") or waits forever, within a few cycles (torch 2.14).
+
 The backend is NCCL on GPUs (each process takes the GPU of its local rank) and gloo on CPUs.
 ``train.batch_size`` is the global batch: each of the W ranks takes its contiguous 1/W share of every
 global batch (`wsss.data.sampling.EpochBatches`), computes the loss of its share with the global
@@ -24,6 +31,7 @@ carry; one flat all-reduce of all gradients per step carries every case with one
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import subprocess
@@ -112,10 +120,17 @@ def init(device: torch.device) -> Context:
             raise WsssError(f"local rank {local} has no GPU: this node has {torch.cuda.device_count()}; start at most "
                             "that many processes per node (train.processes, torchrun --nproc-per-node)")
         torch.cuda.set_device(local)
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # once per process (see the module's text); left at exit
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
                                 init_method="env://")
+        atexit.register(_leave)
     return Context(rank=rank, world_size=world, local_rank=local)
+
+
+def _leave() -> None:
+    """Leave the process group at the process's exit, without waiting for the other ranks."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def processes_on_node(context: Context) -> int:
@@ -132,11 +147,11 @@ def device_of(context: Context, device: torch.device) -> torch.device:
     return torch.device("cuda", context.local_rank) if device.type == "cuda" and context.distributed else device
 
 
-def shutdown(context: Context) -> None:
-    """Wait for every rank, then leave the process group (a no-op for one process)."""
+def end_phase(context: Context) -> None:
+    """Wait for every rank at the end of a phase (a no-op for one process). The process group stays
+    for the process's next phase: see the module's text."""
     if context.distributed and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
 
 
 def barrier(context: Context) -> None:
