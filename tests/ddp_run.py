@@ -13,7 +13,7 @@ processes. ``--kill-after-epoch E`` stops the run (exit status 1) right after th
 epoch E reached the disk. ``batchnorm`` and ``losses`` compute, on this rank's half of a fixed batch,
 a synchronised BatchNorm and the balanced segmentation loss with their gradients, and write them to
 OUT_DIR/rank<r>.pt. ``phases`` goes through 20 phases as the trainer brackets each one
-(`distributed.init`, an all-reduce, `distributed.end_phase`) and writes each phase's sum.
+(`distributed.init`, an all-reduce, `distributed.barrier`) and writes each phase's sum.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def halves(out: Path, what: str) -> None:
         result = {"loss": total / world, "grad": mine.grad / world}
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result, out / f"rank{rank}.pt")
-    distributed.end_phase(context)
+    distributed.barrier(context)
 
 
 def phases(out: Path, count: int = 20) -> None:
@@ -109,7 +109,7 @@ def phases(out: Path, count: int = 20) -> None:
         total = torch.tensor([context.rank + 1.0])
         dist.all_reduce(total)
         sums.append(total.item())
-        distributed.end_phase(context)
+        distributed.barrier(context)
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"sums": sums}, out / f"rank{context.rank}.pt")
 

@@ -90,9 +90,10 @@ def launch(args: list[str], processes: int, expect_success: bool = True) -> subp
     (a handshake that fails or hangs) fails the test; a run killed on purpose starts once."""
     head = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-    done = run_group([*head, str(SCRIPT), *map(str, args)])
+    command = [*head, str(SCRIPT), *map(str, args)]
+    done = run_group(command)
     if expect_success and done.returncode != 0 and TEARDOWN_ABORT in done.stderr:
-        done = run_group([*head, str(SCRIPT), *map(str, args)])
+        done = run_group(command)
     return done
 
 

@@ -147,14 +147,9 @@ def device_of(context: Context, device: torch.device) -> torch.device:
     return torch.device("cuda", context.local_rank) if device.type == "cuda" and context.distributed else device
 
 
-def end_phase(context: Context) -> None:
-    """Wait for every rank at the end of a phase (a no-op for one process). The process group stays
-    for the process's next phase: see the module's text."""
-    if context.distributed and dist.is_initialized():
-        dist.barrier()
-
-
 def barrier(context: Context) -> None:
+    """Wait for every rank (a no-op for one process); at the end of a phase too, where the process group
+    stays for the process's next phase (see the module's text)."""
     if context.distributed:
         dist.barrier()
 

@@ -181,7 +181,7 @@ def run(cfg: dict, phase: Phase, paths: StagePaths) -> bool:
     try:
         _run(cfg, phase, paths, distributed.device_of(context, dev), context)
     finally:
-        distributed.end_phase(context)
+        distributed.barrier(context)
     return context.is_main
 
 
