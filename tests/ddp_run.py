@@ -13,12 +13,15 @@ processes. ``--kill-after-epoch E`` stops the run (exit status 1) right after th
 epoch E reached the disk. ``batchnorm`` and ``losses`` compute, on this rank's half of a fixed batch,
 a synchronised BatchNorm and the balanced segmentation loss with their gradients, and write them to
 OUT_DIR/rank<r>.pt. ``phases`` goes through 20 phases as the trainer brackets each one
-(`distributed.init`, an all-reduce, `distributed.barrier`) and writes each phase's sum.
+(`distributed.init`, an all-reduce, `distributed.barrier`) and writes each phase's sum. These three also
+write, at the very end of the process (after `wsss.engine.distributed` left the process group), how many
+threads it still has: OUT_DIR/threads.rank<r>.txt.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
@@ -114,6 +117,15 @@ def phases(out: Path, count: int = 20) -> None:
     torch.save({"sums": sums}, out / f"rank{context.rank}.pt")
 
 
+def count_threads_at_exit(out: Path) -> None:
+    """Registered before `distributed.init` registers its exit handler, so it runs after that one (last in,
+    first out): the process's threads once it has left the process group (1: gloo's are gone)."""
+    def count() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"threads.rank{os.environ.get('RANK', '0')}.txt").write_text(str(len(os.listdir("/proc/self/task"))))
+    atexit.register(count)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("what", choices=["train", "batchnorm", "losses", "phases"])
@@ -123,6 +135,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.deterministic:
         deterministic_network()
+    if args.what != "train":
+        count_threads_at_exit(args.paths[0])
     if args.what == "train":
         train(args.paths[0], args.paths[1], args.kill_after_epoch)
     elif args.what == "phases":

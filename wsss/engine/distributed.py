@@ -215,10 +215,34 @@ def average_gradients(parameters, context: Context) -> None:
         offset += n
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """The sum of a tensor over the ranks; its gradient is the sum over the ranks of the gradients
+    (every rank's output depends on every rank's input), an all-reduce in the backward pass too.
+
+    With ``torch.distributed.all_reduce`` rather than torch's differentiable forms: the older
+    ``torch.distributed.nn.functional.all_reduce`` (deprecated in torch 2.14) binds the default group
+    as a default argument when first imported, and the functional ``_functional_collectives.all_reduce``
+    keeps references to the group from its first call. Either keeps the group alive past `_leave`: its
+    gloo threads then release their last work while Python shuts down, and the process aborts at exit
+    ("terminate called without an active exception") after its work is done."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.detach().clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.detach().clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+
 class CPUSyncBatchNorm(nn.BatchNorm2d):
     """A BatchNorm2d that, in training mode within a process group, normalises with the statistics of
     the global batch: per-channel sums and sums of squares are all-reduced with
-    ``torch.distributed.nn.functional.all_reduce`` (which carries gradients), so the forward and
+    `_SumOverRanks` (which carries gradients), so the forward and
     backward passes are those of one BatchNorm over every rank's images. The running statistics
     take the unbiased global variance, as ``torch.nn.BatchNorm2d`` does. Outside a process group, or
     in evaluation mode, it is ``torch.nn.BatchNorm2d``. For CPUs (gloo), where torch's
@@ -227,15 +251,13 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         self._check_input_dim(x)
         # two passes (the mean, then the centred squares) keep the variance exact where E[x^2] - E[x]^2 cancels
         count = torch.full((1,), float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), count]))
+        sums = _SumOverRanks.apply(torch.cat([x.sum(dim=(0, 2, 3)), count]))
         n = sums[-1]
         mean = sums[:-1] / n
-        var = all_reduce((x - mean.view(1, -1, 1, 1)).pow(2).sum(dim=(0, 2, 3))) / n
+        var = _SumOverRanks.apply((x - mean.view(1, -1, 1, 1)).pow(2).sum(dim=(0, 2, 3))) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
