@@ -14,8 +14,8 @@ epoch E reached the disk. ``batchnorm`` and ``losses`` compute, on this rank's h
 a synchronised BatchNorm and the balanced segmentation loss with their gradients, and write them to
 OUT_DIR/rank<r>.pt. ``phases`` goes through 20 phases as the trainer brackets each one
 (`distributed.init`, an all-reduce, `distributed.barrier`) and writes each phase's sum. These three also
-write, at the very end of the process (after `wsss.engine.distributed` left the process group), how many
-threads it still has: OUT_DIR/threads.rank<r>.txt.
+write, in the process's last exit handler (after `wsss.engine.distributed` left the process group), how
+many threads it still has: OUT_DIR/threads.rank<r>.txt.
 """
 
 from __future__ import annotations

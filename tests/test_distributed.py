@@ -34,7 +34,9 @@ SCHEDULE = [*TINY_TRAINING, "presets.toy.train.epochs=3", "presets.toy.train.sel
 def env() -> dict:
     clean = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS")}
     # the ranks of one machine talk over the loopback device
-    return {**clean, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo"}
+    # on the CPU, also where there is a GPU, whose driver and autograd start threads of their own
+    return {**clean, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo",
+            "CUDA_VISIBLE_DEVICES": ""}
 
 
 def descendants(pid: int) -> list[int]:
@@ -88,7 +90,7 @@ def launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
 
 
 def threads_at_exit(out: Path, world: int) -> list[int]:
-    """Each rank's threads at its exit, after it left the process group (written by tests/ddp_run.py)."""
+    """Each rank's threads in its last exit handler, after it left the process group (tests/ddp_run.py)."""
     return [int((out / f"threads.rank{r}.txt").read_text()) for r in range(world)]
 
 
@@ -160,9 +162,9 @@ def test_two_ranks_compute_what_one_process_computes_on_the_whole_batch(tmp_path
         assert done.returncode == 0, failure(done)
     one, = ranks(tmp_path / "1", 1)
     two = ranks(tmp_path / "2", 2)
-    # leaving the group ended gloo's threads: the synchronised BatchNorm's all-reduce once kept the group
-    # alive past it, and a rank then aborted at exit in 3 of 100 runs, as gloo's threads released work
-    assert threads_at_exit(tmp_path / "2", 2) == [1, 1]
+    # nothing keeps the process group alive after leaving: gloo's threads still running while Python shuts
+    # down can abort a rank at exit. Each rank ends with the threads of the one process, which has no group.
+    assert threads_at_exit(tmp_path / "2", 2) == threads_at_exit(tmp_path / "1", 1) * 2
     if what == "batchnorm":
         assert one["type"] == "BatchNorm2d" and two[0]["type"] == "CPUSyncBatchNorm"
         for key in ("y", "grad_x"):  # the global batch's statistics, forward and backward

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 
 from wsss.errors import WsssError
 
@@ -217,24 +218,28 @@ def average_gradients(parameters, context: Context) -> None:
 
 class _SumOverRanks(torch.autograd.Function):
     """The sum of a tensor over the ranks; its gradient is the sum over the ranks of the gradients
-    (every rank's output depends on every rank's input), an all-reduce in the backward pass too.
+    (every rank's output depends on every rank's input), an all-reduce in the backward pass too; not
+    twice differentiable.
 
-    With ``torch.distributed.all_reduce`` rather than torch's differentiable forms: the older
-    ``torch.distributed.nn.functional.all_reduce`` (deprecated in torch 2.14) binds the default group
-    as a default argument when first imported, and the functional ``_functional_collectives.all_reduce``
-    keeps references to the group from its first call. Either keeps the group alive past `_leave`: its
-    gloo threads then release their last work while Python shuts down, and the process aborts at exit
+    Built on ``torch.distributed.all_reduce``, which holds no reference to the process group, so that
+    `_leave` frees it: gloo's threads stop only when the group's last reference goes
+    (``destroy_process_group`` drops torch's own, and gloo's ``shutdown`` does nothing). torch's
+    differentiable all-reduces keep one: ``torch.distributed.nn.functional.all_reduce`` binds
+    ``group.WORLD`` as it is at the module's first import (the default group, when imported after
+    `init`), and ``torch.distributed._functional_collectives.all_reduce`` keeps references from its
+    first call. gloo's threads then still run while Python shuts down, and a rank can abort at exit
     ("terminate called without an active exception") after its work is done."""
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        total = tensor.detach().clone(memory_format=torch.contiguous_format)
+        total = tensor.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(total)
         return total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        total = grad.detach().clone(memory_format=torch.contiguous_format)
+        total = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(total)
         return total
 
